@@ -1,0 +1,184 @@
+//! Reading certificates back with x509-parser: what `show` prints and what
+//! the gateway needs to know about a client.
+
+use std::net::IpAddr;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+use x509_parser::x509::X509Name;
+
+use crate::issue::serial_hex;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct CertInfo {
+    pub subject: String,
+    pub issuer: String,
+    pub common_name: Option<String>,
+    pub groups: Vec<String>,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<IpAddr>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+    pub serial: String,
+    pub is_ca: bool,
+    pub extended_key_usages: Vec<&'static str>,
+}
+
+/// Who a client is, as the gateway sees it: CN, groups (Subject OU values)
+/// and serial (for checking existing sessions against a reloaded CRL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientIdentity {
+    pub common_name: String,
+    pub groups: Vec<String>,
+    pub serial: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable certificate: {0}")]
+pub struct InspectError(String);
+
+fn parse(der: &[u8]) -> Result<X509Certificate<'_>, InspectError> {
+    let (rest, cert) = X509Certificate::from_der(der).map_err(|e| InspectError(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(InspectError("trailing bytes after the certificate".into()));
+    }
+    Ok(cert)
+}
+
+fn cn_of(name: &X509Name<'_>) -> Option<String> {
+    name.iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .map(str::to_string)
+}
+
+fn groups_of(name: &X509Name<'_>) -> Vec<String> {
+    name.iter_organizational_unit()
+        .filter_map(|a| a.as_str().ok())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The serial without the sign octet DER may add, in upper-case hex.
+fn serial_of(cert: &X509Certificate<'_>) -> String {
+    let raw = cert.raw_serial();
+    let trimmed = match raw {
+        [0, rest @ ..] if !rest.is_empty() => rest,
+        _ => raw,
+    };
+    serial_hex(trimmed)
+}
+
+pub fn inspect_cert(der: &[u8]) -> Result<CertInfo, InspectError> {
+    let cert = parse(der)?;
+    let mut dns_names = Vec::new();
+    let mut ip_addresses = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => dns_names.push(d.to_string()),
+                GeneralName::IPAddress(b) => {
+                    if let Ok(a) = <[u8; 4]>::try_from(*b) {
+                        ip_addresses.push(IpAddr::from(a));
+                    } else if let Ok(a) = <[u8; 16]>::try_from(*b) {
+                        ip_addresses.push(IpAddr::from(a));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut extended_key_usages = Vec::new();
+    if let Ok(Some(eku)) = cert.extended_key_usage() {
+        if eku.value.server_auth {
+            extended_key_usages.push("serverAuth");
+        }
+        if eku.value.client_auth {
+            extended_key_usages.push("clientAuth");
+        }
+    }
+    Ok(CertInfo {
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        common_name: cn_of(cert.subject()),
+        groups: groups_of(cert.subject()),
+        dns_names,
+        ip_addresses,
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+        serial: serial_of(&cert),
+        is_ca: cert.is_ca(),
+        extended_key_usages,
+    })
+}
+
+/// The identity of a client whose certificate the TLS layer has verified.
+pub fn client_identity(der: &[u8]) -> Result<ClientIdentity, InspectError> {
+    let cert = parse(der)?;
+    Ok(ClientIdentity {
+        common_name: cn_of(cert.subject())
+            .ok_or_else(|| InspectError("the subject has no CN".into()))?,
+        groups: groups_of(cert.subject()),
+        serial: serial_of(&cert),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::KeyType;
+    use crate::issue::make_ca;
+
+    #[test]
+    fn client_groups_are_every_ou() {
+        let (ca, _) = make_ca("test CA", 30, KeyType::EcdsaP256).unwrap();
+        let groups = vec![
+            "eng".to_string(),
+            "ops".to_string(),
+            "Site Reliability".to_string(),
+        ];
+        let issued = ca
+            .issue_client("alice", &groups, 30, KeyType::EcdsaP256)
+            .unwrap();
+        let der = pem::parse(&issued.cert_pem).unwrap().into_contents();
+        let id = client_identity(&der).unwrap();
+        assert_eq!(id.common_name, "alice");
+        assert_eq!(id.groups, groups);
+        assert_eq!(id.serial, issued.serial);
+        let info = inspect_cert(&der).unwrap();
+        assert_eq!(info.extended_key_usages, vec!["clientAuth"]);
+        assert!(!info.is_ca);
+    }
+
+    #[test]
+    fn server_sans() {
+        let (ca, _) = make_ca("test CA", 30, KeyType::Ed25519).unwrap();
+        let ip: IpAddr = "198.18.0.1".parse().unwrap();
+        let issued = ca
+            .issue_server(
+                "vpn.example.com",
+                &["alt.example.com".into()],
+                &[ip],
+                30,
+                KeyType::Ed25519,
+            )
+            .unwrap();
+        let der = pem::parse(&issued.cert_pem).unwrap().into_contents();
+        let info = inspect_cert(&der).unwrap();
+        assert_eq!(info.dns_names, vec!["vpn.example.com", "alt.example.com"]);
+        assert_eq!(info.ip_addresses, vec![ip]);
+        assert_eq!(info.extended_key_usages, vec!["serverAuth"]);
+        assert!(info.serial.len() == 40 && info.serial.starts_with(['4', '5', '6', '7']));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(client_identity(&[]).is_err());
+        assert!(client_identity(&[0x30, 0x82, 0xff, 0xff, 0x01]).is_err());
+    }
+}
