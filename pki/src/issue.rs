@@ -67,7 +67,7 @@ pub fn serial_hex(bytes: &[u8]) -> String {
 
 fn serial_from_hex(hex: &str) -> Result<SerialNumber, PkiError> {
     let bad = || PkiError::Generate(format!("serial {hex:?} in the index is not hex"));
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes = (0..hex.len())
