@@ -1,1 +1,19 @@
-pub fn placeholder() {}
+//! cvpn-proto: the wire protocol spoken over a TLS 1.3 stream negotiated with
+//! ALPN `cvpn/1`.
+//!
+//! The stream is a sequence of frames: a 4-byte header (type, flags, 16-bit
+//! big-endian payload length) and the payload. A packet frame carries one IP
+//! packet; a control frame carries one JSON control message. The decoder is
+//! pure and total: any byte string yields a frame, "need more", or an error.
+
+pub mod control;
+pub mod frame;
+
+pub use control::{ClientHello, Control, EndpointConfig};
+pub use frame::{Frame, FrameError, HEADER_LEN, MAX_CONTROL, MAX_PACKET, decode, encode_control, encode_packet};
+
+/// The ALPN protocol id; a peer that does not offer it is refused.
+pub const ALPN: &[u8] = b"cvpn/1";
+
+/// Version carried in the client's hello.
+pub const PROTOCOL_VERSION: u32 = 1;

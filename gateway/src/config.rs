@@ -1,0 +1,421 @@
+//! The endpoint configuration: parsed from TOML and validated as a whole
+//! before anything touches the system. Every error names its key.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+/// The managed service's limits.
+pub const MAX_DNS_SERVERS: usize = 2;
+pub const MAX_BANNER_CHARS: usize = 1_400;
+pub const MIN_CLIENT_PREFIX: u8 = 12;
+pub const MAX_CLIENT_PREFIX: u8 = 22;
+pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/cvpn-gw.sock";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: SocketAddr,
+    client_cidr: Ipv4Net,
+    #[serde(default = "yes")]
+    split_tunnel: bool,
+    #[serde(default)]
+    dns_servers: Vec<Ipv4Addr>,
+    session_timeout: Option<String>,
+    banner: Option<String>,
+    control_socket: Option<PathBuf>,
+    connection_log: Option<PathBuf>,
+    metrics_listen: Option<SocketAddr>,
+    tls: RawTls,
+    #[serde(default)]
+    target_networks: Vec<RawTarget>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    authorization_rules: Vec<RawRule>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: PathBuf,
+    crl: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    id: String,
+    interface: String,
+    eni_address: Option<Ipv4Addr>,
+    vpc_cidr: Ipv4Net,
+    #[serde(default = "yes")]
+    snat: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    destination: Ipv4Net,
+    target: String,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    destination: Ipv4Net,
+    access_group: Option<String>,
+    all_users: Option<bool>,
+    description: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub crl: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetNetwork {
+    pub id: String,
+    pub interface: String,
+    /// None: the interface's primary IPv4 address, looked up at start.
+    pub eni_address: Option<Ipv4Addr>,
+    pub vpc_cidr: Ipv4Net,
+    pub snat: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteTarget {
+    /// Index into `Config::target_networks`.
+    Network(usize),
+    /// Client-to-client: delivered inside the gateway.
+    Local,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Associate,
+    AddRoute,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Origin::Associate => "associate",
+            Origin::AddRoute => "add-route",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub destination: Ipv4Net,
+    pub target: RouteTarget,
+    pub origin: Origin,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub destination: Ipv4Net,
+    /// None: every user.
+    pub access_group: Option<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub client_cidr: Ipv4Net,
+    pub split_tunnel: bool,
+    pub dns_servers: Vec<Ipv4Addr>,
+    pub session_timeout: Duration,
+    pub banner: Option<String>,
+    pub control_socket: PathBuf,
+    pub connection_log: Option<PathBuf>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub tls: TlsFiles,
+    pub target_networks: Vec<TargetNetwork>,
+    /// The effective route table: `associate` routes first, then the file's.
+    pub routes: Vec<Route>,
+    pub rules: Vec<Rule>,
+}
+
+/// All problems found in one file, each with its key.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<(String, String)>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: invalid configuration", self.file.display())?;
+        for (key, why) in &self.problems {
+            if key.is_empty() {
+                write!(f, "\n  {why}")?;
+            } else {
+                write!(f, "\n  {key}: {why}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            problems: vec![(String::new(), e.to_string())],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base).map_err(|problems| ConfigError {
+            file: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// Parses and validates `text`; relative paths are taken from `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<(String, String)>> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| vec![(String::new(), e.to_string().trim().to_string())])?;
+        let mut v = Validator::default();
+        let config = v.config(raw, base);
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(v.problems)
+        }
+    }
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<(String, String)>,
+}
+
+impl Validator {
+    fn bad(&mut self, key: impl Into<String>, why: impl Into<String>) {
+        self.problems.push((key.into(), why.into()));
+    }
+
+    fn config(&mut self, raw: RawConfig, base: &Path) -> Config {
+        let cidr = raw.client_cidr;
+        if cidr != cidr.trunc() {
+            self.bad("client_cidr", format!("{cidr} has host bits set (did you mean {}?)", cidr.trunc()));
+        }
+        if !(MIN_CLIENT_PREFIX..=MAX_CLIENT_PREFIX).contains(&cidr.prefix_len()) {
+            self.bad("client_cidr", format!("{cidr}: the prefix must be between /12 and /22"));
+        }
+        if raw.dns_servers.len() > MAX_DNS_SERVERS {
+            self.bad("dns_servers", format!("{} servers given; at most {MAX_DNS_SERVERS}", raw.dns_servers.len()));
+        }
+        if let Some(b) = &raw.banner {
+            let n = b.chars().count();
+            if n > MAX_BANNER_CHARS {
+                self.bad("banner", format!("{n} characters; at most {MAX_BANNER_CHARS}"));
+            }
+        }
+        let session_timeout = match raw.session_timeout.as_deref().map(parse_duration) {
+            None => MAX_SESSION_TIMEOUT,
+            Some(Ok(d)) if !d.is_zero() && d <= MAX_SESSION_TIMEOUT => d,
+            Some(Ok(_)) => {
+                self.bad("session_timeout", "must be more than 0s and at most 24h");
+                MAX_SESSION_TIMEOUT
+            }
+            Some(Err(why)) => {
+                self.bad("session_timeout", why);
+                MAX_SESSION_TIMEOUT
+            }
+        };
+        let targets = self.targets(raw.target_networks, cidr);
+        let routes = self.routes(raw.routes, &targets, cidr);
+        let rules = self.rules(raw.authorization_rules);
+        let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        Config {
+            listen: raw.listen,
+            client_cidr: cidr.trunc(),
+            split_tunnel: raw.split_tunnel,
+            dns_servers: raw.dns_servers,
+            session_timeout,
+            banner: raw.banner,
+            control_socket: raw.control_socket.map(resolve).unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+            connection_log: raw.connection_log.map(resolve),
+            metrics_listen: raw.metrics_listen,
+            tls: TlsFiles {
+                cert: resolve(raw.tls.cert),
+                key: resolve(raw.tls.key),
+                client_ca: resolve(raw.tls.client_ca),
+                crl: raw.tls.crl.map(resolve),
+            },
+            target_networks: targets,
+            routes,
+            rules,
+        }
+    }
+
+    fn targets(&mut self, raw: Vec<RawTarget>, cidr: Ipv4Net) -> Vec<TargetNetwork> {
+        let mut ids = HashSet::new();
+        let mut out = Vec::new();
+        for (i, t) in raw.into_iter().enumerate() {
+            let key = |k: &str| format!("target_networks[{i}].{k}");
+            if t.id.is_empty() || t.id == "local" {
+                self.bad(key("id"), format!("{:?} is not a usable id", t.id));
+            } else if !ids.insert(t.id.clone()) {
+                self.bad(key("id"), format!("duplicate id {:?}", t.id));
+            }
+            if !valid_ifname(&t.interface) {
+                self.bad(key("interface"), format!("{:?} is not an interface name", t.interface));
+            }
+            if overlaps(t.vpc_cidr, cidr) {
+                self.bad(key("vpc_cidr"), format!("{} overlaps client_cidr {cidr}", t.vpc_cidr));
+            }
+            out.push(TargetNetwork {
+                id: t.id,
+                interface: t.interface,
+                eni_address: t.eni_address,
+                vpc_cidr: t.vpc_cidr.trunc(),
+                snat: t.snat,
+            });
+        }
+        out
+    }
+
+    fn routes(&mut self, raw: Vec<RawRoute>, targets: &[TargetNetwork], cidr: Ipv4Net) -> Vec<Route> {
+        let mut routes: Vec<Route> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Route {
+                destination: t.vpc_cidr,
+                target: RouteTarget::Network(i),
+                origin: Origin::Associate,
+                description: Some(format!("association of {}", t.id)),
+            })
+            .collect();
+        for (i, r) in raw.into_iter().enumerate() {
+            let key = |k: &str| format!("routes[{i}].{k}");
+            let dest = r.destination.trunc();
+            if r.destination != dest {
+                self.bad(key("destination"), format!("{} has host bits set (did you mean {dest}?)", r.destination));
+            }
+            let target = if r.target == "local" {
+                if dest != cidr {
+                    self.bad(key("destination"), format!("a local route's destination must be client_cidr {cidr}"));
+                }
+                RouteTarget::Local
+            } else {
+                match targets.iter().position(|t| t.id == r.target) {
+                    Some(n) => RouteTarget::Network(n),
+                    None => {
+                        self.bad(key("target"), format!("no target network with id {:?}", r.target));
+                        continue;
+                    }
+                }
+            };
+            if target != RouteTarget::Local && overlaps(dest, cidr) {
+                self.bad(key("destination"), format!("{dest} overlaps client_cidr {cidr}"));
+            }
+            if let Some(prev) = routes.iter().find(|p| p.destination == dest) {
+                let what = if prev.origin == Origin::Associate { "a target network's vpc_cidr" } else { "another route" };
+                self.bad(key("destination"), format!("{dest} is already the destination of {what}"));
+                continue;
+            }
+            routes.push(Route {
+                destination: dest,
+                target,
+                origin: Origin::AddRoute,
+                description: r.description,
+            });
+        }
+        routes
+    }
+
+    fn rules(&mut self, raw: Vec<RawRule>) -> Vec<Rule> {
+        let mut out = Vec::new();
+        for (i, r) in raw.into_iter().enumerate() {
+            let key = |k: &str| format!("authorization_rules[{i}].{k}");
+            let dest = r.destination.trunc();
+            if r.destination != dest {
+                self.bad(key("destination"), format!("{} has host bits set (did you mean {dest}?)", r.destination));
+            }
+            let access_group = match (r.access_group, r.all_users) {
+                (Some(_), Some(true)) => {
+                    self.bad(key("all_users"), "give either access_group or all_users = true, not both");
+                    continue;
+                }
+                (Some(g), _) if g.trim().is_empty() => {
+                    self.bad(key("access_group"), "empty group name");
+                    continue;
+                }
+                (None, Some(false)) => {
+                    self.bad(key("all_users"), "all_users = false needs an access_group");
+                    continue;
+                }
+                (g, _) => g,
+            };
+            out.push(Rule {
+                destination: dest,
+                access_group,
+                description: r.description,
+            });
+        }
+        out
+    }
+}
+
+fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+/// "24h", "90m", "45s", "1h30m".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration like \"24h\", \"90m\" or \"1h30m\"");
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        digits.clear();
+    }
+    if !digits.is_empty() || s.trim().is_empty() {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,79 @@
+//! Per-packet policy, as pure code: anti-spoofing, the route table and the
+//! authorization rules, compiled from a validated configuration.
+
+mod authz;
+mod lpm;
+mod routes;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+pub use authz::{AuthRules, GroupMask};
+pub use lpm::Lpm;
+pub use routes::RouteTable;
+
+use crate::config::{Config, RouteTarget};
+
+/// What to do with one packet a client sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Forward(RouteTarget),
+    /// Not IPv4, or too short to be an IPv4 packet.
+    Malformed,
+    /// The source is not the client's assigned address.
+    Spoofed,
+    /// No route: ICMP net unreachable goes back.
+    NoRoute,
+    /// No authorization rule allows it: ICMP administratively prohibited.
+    Denied,
+}
+
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub client_cidr: Ipv4Net,
+    pub routes: RouteTable,
+    pub rules: AuthRules,
+}
+
+impl Policy {
+    pub fn compile(config: &Config) -> Result<Policy, authz::TooManyGroups> {
+        Ok(Policy {
+            client_cidr: config.client_cidr,
+            routes: RouteTable::compile(&config.routes),
+            rules: AuthRules::compile(&config.rules)?,
+        })
+    }
+
+    /// The compiled form of a client's groups, computed once per session.
+    pub fn group_mask(&self, groups: &[String]) -> GroupMask {
+        self.rules.mask_of(groups)
+    }
+
+    /// Decides the fate of `packet`, sent by the client holding `client`.
+    /// Reads only the version, source and destination.
+    #[inline]
+    pub fn check(&self, packet: &[u8], client: Ipv4Addr, groups: GroupMask) -> Verdict {
+        let Some(header) = packet.get(..20) else {
+            return Verdict::Malformed;
+        };
+        if header[0] >> 4 != 4 || usize::from(header[0] & 0x0f) < 5 {
+            return Verdict::Malformed;
+        }
+        let src = Ipv4Addr::new(header[12], header[13], header[14], header[15]);
+        let dst = Ipv4Addr::new(header[16], header[17], header[18], header[19]);
+        if src != client {
+            return Verdict::Spoofed;
+        }
+        let Some(target) = self.routes.lookup(dst) else {
+            return Verdict::NoRoute;
+        };
+        if !self.rules.allows(dst, groups) {
+            return Verdict::Denied;
+        }
+        Verdict::Forward(target)
+    }
+}

@@ -1,0 +1,124 @@
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::config::{Origin, Route, RouteTarget, Rule};
+
+fn rule(dest: &str, group: Option<&str>) -> Rule {
+    Rule {
+        destination: dest.parse().unwrap(),
+        access_group: group.map(str::to_string),
+        description: None,
+    }
+}
+
+fn allows(rules: &[Rule], groups: &[&str], dst: &str) -> bool {
+    let r = AuthRules::compile(rules).unwrap();
+    let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    r.allows(dst.parse().unwrap(), r.mask_of(&groups))
+}
+
+/// The managed service's documented scenario: dev -> 10.0.0.0/16,
+/// mgr -> 0.0.0.0/0, mgr -> 10.0.2.119/32.
+#[test]
+fn more_specific_rule_hides_shorter_one() {
+    let rules = [
+        rule("10.0.0.0/16", Some("dev")),
+        rule("0.0.0.0/0", Some("mgr")),
+        rule("10.0.2.119/32", Some("mgr")),
+    ];
+    assert!(allows(&rules, &["dev"], "10.0.0.5"));
+    assert!(!allows(&rules, &["dev"], "10.0.2.119"));
+    assert!(!allows(&rules, &["dev"], "8.8.8.8"));
+    assert!(allows(&rules, &["mgr"], "10.0.2.119"));
+    assert!(allows(&rules, &["mgr"], "172.16.0.1"));
+    assert!(!allows(&rules, &["mgr"], "10.0.0.5"));
+    assert!(allows(&rules, &["dev", "mgr"], "10.0.0.5"));
+}
+
+#[test]
+fn equal_prefixes_are_a_union() {
+    let rules = [rule("0.0.0.0/0", Some("eng")), rule("0.0.0.0/0", Some("mgr"))];
+    assert!(allows(&rules, &["eng"], "192.168.0.7"));
+    assert!(allows(&rules, &["mgr"], "192.168.0.7"));
+    assert!(!allows(&rules, &["sales"], "192.168.0.7"));
+
+    let rules = [
+        rule("0.0.0.0/0", Some("eng")),
+        rule("0.0.0.0/0", Some("mgr")),
+        rule("192.168.0.0/24", Some("mgr")),
+    ];
+    assert!(allows(&rules, &["mgr"], "192.168.0.7"));
+    assert!(!allows(&rules, &["eng"], "192.168.0.7"));
+    assert!(allows(&rules, &["eng"], "192.168.1.7"));
+}
+
+#[test]
+fn all_users_and_group_rules() {
+    let rules = [rule("0.0.0.0/0", None), rule("172.16.0.0/16", Some("eng"))];
+    assert!(allows(&rules, &[], "8.8.8.8"));
+    assert!(allows(&rules, &["sales"], "8.8.8.8"));
+    assert!(allows(&rules, &["eng"], "172.16.3.4"));
+    assert!(!allows(&rules, &["sales"], "172.16.3.4"));
+    assert!(!allows(&rules, &[], "172.16.3.4"));
+}
+
+#[test]
+fn default_is_deny() {
+    assert!(!allows(&[], &["eng"], "10.0.0.1"));
+    assert!(!allows(&[rule("10.0.0.0/8", Some("eng"))], &["eng"], "11.0.0.1"));
+}
+
+fn packet(src: [u8; 4], dst: [u8; 4]) -> [u8; 28] {
+    let mut p = [0u8; 28];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&28u16.to_be_bytes());
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&dst);
+    p
+}
+
+fn policy() -> Policy {
+    let route = |d: &str, t| Route {
+        destination: d.parse().unwrap(),
+        target: t,
+        origin: Origin::AddRoute,
+        description: None,
+    };
+    let routes = RouteTable::compile(&[
+        route("192.168.0.0/16", RouteTarget::Network(0)),
+        route("10.20.0.0/16", RouteTarget::Network(1)),
+        route("10.250.0.0/22", RouteTarget::Local),
+    ]);
+    let rules = AuthRules::compile(&[
+        rule("192.168.1.0/24", Some("eng")),
+        rule("10.20.0.0/16", None),
+        rule("10.250.0.0/22", None),
+    ])
+    .unwrap();
+    Policy {
+        client_cidr: "10.250.0.0/22".parse().unwrap(),
+        routes,
+        rules,
+    }
+}
+
+#[test]
+fn packet_verdicts() {
+    let p = policy();
+    let me = Ipv4Addr::new(10, 250, 0, 2);
+    let eng = p.group_mask(&["eng".into()]);
+    let none = p.group_mask(&[]);
+    let c = [10, 250, 0, 2];
+    assert_eq!(p.check(&packet(c, [192, 168, 1, 5]), me, eng), Verdict::Forward(RouteTarget::Network(0)));
+    assert_eq!(p.check(&packet(c, [192, 168, 1, 5]), me, none), Verdict::Denied);
+    assert_eq!(p.check(&packet(c, [192, 168, 2, 5]), me, eng), Verdict::Denied);
+    assert_eq!(p.check(&packet(c, [10, 20, 3, 4]), me, none), Verdict::Forward(RouteTarget::Network(1)));
+    assert_eq!(p.check(&packet(c, [10, 250, 0, 3]), me, none), Verdict::Forward(RouteTarget::Local));
+    assert_eq!(p.check(&packet(c, [8, 8, 8, 8]), me, eng), Verdict::NoRoute);
+    assert_eq!(p.check(&packet([10, 250, 0, 9], [192, 168, 1, 5]), me, eng), Verdict::Spoofed);
+    assert_eq!(p.check(&packet(c, [192, 168, 1, 5])[..19], me, eng), Verdict::Malformed);
+    let mut v6 = packet(c, [192, 168, 1, 5]);
+    v6[0] = 0x60;
+    assert_eq!(p.check(&v6, me, eng), Verdict::Malformed);
+}
