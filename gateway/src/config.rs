@@ -193,8 +193,8 @@ impl Config {
 
     /// Parses and validates `text`; relative paths are taken from `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, Vec<(String, String)>> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| vec![(String::new(), e.to_string().trim().to_string())])?;
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| vec![(String::new(), e.to_string().trim().to_string())])?;
         let mut v = Validator::default();
         let config = v.config(raw, base);
         if v.problems.is_empty() {
@@ -218,18 +218,33 @@ impl Validator {
     fn config(&mut self, raw: RawConfig, base: &Path) -> Config {
         let cidr = raw.client_cidr;
         if cidr != cidr.trunc() {
-            self.bad("client_cidr", format!("{cidr} has host bits set (did you mean {}?)", cidr.trunc()));
+            self.bad(
+                "client_cidr",
+                format!("{cidr} has host bits set (did you mean {}?)", cidr.trunc()),
+            );
         }
         if !(MIN_CLIENT_PREFIX..=MAX_CLIENT_PREFIX).contains(&cidr.prefix_len()) {
-            self.bad("client_cidr", format!("{cidr}: the prefix must be between /12 and /22"));
+            self.bad(
+                "client_cidr",
+                format!("{cidr}: the prefix must be between /12 and /22"),
+            );
         }
         if raw.dns_servers.len() > MAX_DNS_SERVERS {
-            self.bad("dns_servers", format!("{} servers given; at most {MAX_DNS_SERVERS}", raw.dns_servers.len()));
+            self.bad(
+                "dns_servers",
+                format!(
+                    "{} servers given; at most {MAX_DNS_SERVERS}",
+                    raw.dns_servers.len()
+                ),
+            );
         }
         if let Some(b) = &raw.banner {
             let n = b.chars().count();
             if n > MAX_BANNER_CHARS {
-                self.bad("banner", format!("{n} characters; at most {MAX_BANNER_CHARS}"));
+                self.bad(
+                    "banner",
+                    format!("{n} characters; at most {MAX_BANNER_CHARS}"),
+                );
             }
         }
         let session_timeout = match raw.session_timeout.as_deref().map(parse_duration) {
@@ -255,7 +270,10 @@ impl Validator {
             dns_servers: raw.dns_servers,
             session_timeout,
             banner: raw.banner,
-            control_socket: raw.control_socket.map(resolve).unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
+            control_socket: raw
+                .control_socket
+                .map(resolve)
+                .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
             connection_log: raw.connection_log.map(resolve),
             metrics_listen: raw.metrics_listen,
             tls: TlsFiles {
@@ -281,10 +299,16 @@ impl Validator {
                 self.bad(key("id"), format!("duplicate id {:?}", t.id));
             }
             if !valid_ifname(&t.interface) {
-                self.bad(key("interface"), format!("{:?} is not an interface name", t.interface));
+                self.bad(
+                    key("interface"),
+                    format!("{:?} is not an interface name", t.interface),
+                );
             }
             if overlaps(t.vpc_cidr, cidr) {
-                self.bad(key("vpc_cidr"), format!("{} overlaps client_cidr {cidr}", t.vpc_cidr));
+                self.bad(
+                    key("vpc_cidr"),
+                    format!("{} overlaps client_cidr {cidr}", t.vpc_cidr),
+                );
             }
             out.push(TargetNetwork {
                 id: t.id,
@@ -297,7 +321,12 @@ impl Validator {
         out
     }
 
-    fn routes(&mut self, raw: Vec<RawRoute>, targets: &[TargetNetwork], cidr: Ipv4Net) -> Vec<Route> {
+    fn routes(
+        &mut self,
+        raw: Vec<RawRoute>,
+        targets: &[TargetNetwork],
+        cidr: Ipv4Net,
+    ) -> Vec<Route> {
         let mut routes: Vec<Route> = targets
             .iter()
             .enumerate()
@@ -312,28 +341,47 @@ impl Validator {
             let key = |k: &str| format!("routes[{i}].{k}");
             let dest = r.destination.trunc();
             if r.destination != dest {
-                self.bad(key("destination"), format!("{} has host bits set (did you mean {dest}?)", r.destination));
+                self.bad(
+                    key("destination"),
+                    format!("{} has host bits set (did you mean {dest}?)", r.destination),
+                );
             }
             let target = if r.target == "local" {
                 if dest != cidr {
-                    self.bad(key("destination"), format!("a local route's destination must be client_cidr {cidr}"));
+                    self.bad(
+                        key("destination"),
+                        format!("a local route's destination must be client_cidr {cidr}"),
+                    );
                 }
                 RouteTarget::Local
             } else {
                 match targets.iter().position(|t| t.id == r.target) {
                     Some(n) => RouteTarget::Network(n),
                     None => {
-                        self.bad(key("target"), format!("no target network with id {:?}", r.target));
+                        self.bad(
+                            key("target"),
+                            format!("no target network with id {:?}", r.target),
+                        );
                         continue;
                     }
                 }
             };
             if target != RouteTarget::Local && overlaps(dest, cidr) {
-                self.bad(key("destination"), format!("{dest} overlaps client_cidr {cidr}"));
+                self.bad(
+                    key("destination"),
+                    format!("{dest} overlaps client_cidr {cidr}"),
+                );
             }
             if let Some(prev) = routes.iter().find(|p| p.destination == dest) {
-                let what = if prev.origin == Origin::Associate { "a target network's vpc_cidr" } else { "another route" };
-                self.bad(key("destination"), format!("{dest} is already the destination of {what}"));
+                let what = if prev.origin == Origin::Associate {
+                    "a target network's vpc_cidr"
+                } else {
+                    "another route"
+                };
+                self.bad(
+                    key("destination"),
+                    format!("{dest} is already the destination of {what}"),
+                );
                 continue;
             }
             routes.push(Route {
@@ -352,11 +400,17 @@ impl Validator {
             let key = |k: &str| format!("authorization_rules[{i}].{k}");
             let dest = r.destination.trunc();
             if r.destination != dest {
-                self.bad(key("destination"), format!("{} has host bits set (did you mean {dest}?)", r.destination));
+                self.bad(
+                    key("destination"),
+                    format!("{} has host bits set (did you mean {dest}?)", r.destination),
+                );
             }
             let access_group = match (r.access_group, r.all_users) {
                 (Some(_), Some(true)) => {
-                    self.bad(key("all_users"), "give either access_group or all_users = true, not both");
+                    self.bad(
+                        key("all_users"),
+                        "give either access_group or all_users = true, not both",
+                    );
                     continue;
                 }
                 (Some(g), _) if g.trim().is_empty() => {
@@ -388,7 +442,9 @@ fn valid_ifname(name: &str) -> bool {
         && name.len() < 16
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
 }
 
 /// "24h", "90m", "45s", "1h30m".
@@ -408,7 +464,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             _ => return Err(bad()),
         };
         let n: u64 = digits.parse().map_err(|_| bad())?;
-        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(bad)?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
         digits.clear();
     }
     if !digits.is_empty() || s.trim().is_empty() {

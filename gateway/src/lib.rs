@@ -3,5 +3,11 @@
 //! tun device, network set-up, logs).
 
 pub mod config;
+pub mod connlog;
+pub mod dataplane;
+pub mod export;
+pub mod icmp;
+pub mod netsetup;
 pub mod policy;
 pub mod pool;
+pub mod tls;

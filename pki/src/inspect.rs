@@ -128,6 +128,26 @@ pub fn client_identity(der: &[u8]) -> Result<ClientIdentity, InspectError> {
     })
 }
 
+/// The serials (upper-case hex) a DER CRL lists as revoked. The signature is
+/// not checked here: rustls checks it for new handshakes; this list only
+/// ends sessions that are already up.
+pub fn crl_serials(der: &[u8]) -> Result<Vec<String>, InspectError> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let (_, crl) =
+        CertificateRevocationList::from_der(der).map_err(|e| InspectError(e.to_string()))?;
+    Ok(crl
+        .iter_revoked_certificates()
+        .map(|r| {
+            let raw = r.raw_serial();
+            let trimmed = match raw {
+                [0, rest @ ..] if !rest.is_empty() => rest,
+                _ => raw,
+            };
+            serial_hex(trimmed)
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,6 @@ mod subject;
 
 pub use error::PkiError;
 pub use index::{CertKind, CertState, Entry, Index};
-pub use inspect::{CertInfo, ClientIdentity, client_identity, inspect_cert};
+pub use inspect::{CertInfo, ClientIdentity, client_identity, crl_serials, inspect_cert};
 pub use keytype::KeyType;
 pub use store::Store;

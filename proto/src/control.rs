@@ -79,6 +79,9 @@ mod tests {
         assert!(Control::parse(br#"{"type":"launch_missiles"}"#).is_err());
         assert!(Control::parse(br#"{"type":"hello","version":"x"}"#).is_err());
         assert!(Control::parse(b"\xff\xfe").is_err());
-        assert_eq!(Control::parse(br#"{"type":"keepalive"}"#).unwrap(), Control::Keepalive);
+        assert_eq!(
+            Control::parse(br#"{"type":"keepalive"}"#).unwrap(),
+            Control::Keepalive
+        );
     }
 }

@@ -138,7 +138,10 @@ mod tests {
         assert_eq!(decode(&[1, 1, 0, 20]), Err(FrameError::Flags(1)));
         assert_eq!(decode(&[1, 0, 0, 3]), Err(FrameError::PacketSize(3)));
         assert_eq!(decode(&[2, 0, 0, 0]), Err(FrameError::ControlSize(0)));
-        assert_eq!(decode(&[2, 0, 0xff, 0xff]), Err(FrameError::ControlSize(65_535)));
+        assert_eq!(
+            decode(&[2, 0, 0xff, 0xff]),
+            Err(FrameError::ControlSize(65_535))
+        );
         assert!(encode_packet(&mut Vec::new(), &packet(3)).is_err());
         assert!(encode_packet(&mut Vec::new(), &packet(MAX_PACKET + 1)).is_err());
     }
@@ -152,7 +155,9 @@ mod tests {
             state ^= state >> 7;
             state ^= state << 17;
             let len = (state % 64) as usize;
-            let bytes: Vec<u8> = (0..len).map(|i| (state >> (i % 8 * 8)) as u8 ^ i as u8).collect();
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| (state >> (i % 8 * 8)) as u8 ^ i as u8)
+                .collect();
             let mut pos = 0;
             while let Ok(Some((frame, n))) = decode(&bytes[pos..]) {
                 if let Frame::Control(c) = frame {

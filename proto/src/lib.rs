@@ -10,7 +10,9 @@ pub mod control;
 pub mod frame;
 
 pub use control::{ClientHello, Control, EndpointConfig};
-pub use frame::{Frame, FrameError, HEADER_LEN, MAX_CONTROL, MAX_PACKET, decode, encode_control, encode_packet};
+pub use frame::{
+    Frame, FrameError, HEADER_LEN, MAX_CONTROL, MAX_PACKET, decode, encode_control, encode_packet,
+};
 
 /// The ALPN protocol id; a peer that does not offer it is refused.
 pub const ALPN: &[u8] = b"cvpn/1";

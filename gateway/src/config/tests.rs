@@ -50,12 +50,24 @@ fn good_config() {
     assert_eq!(c.tls.cert, PathBuf::from("/etc/cvpn/pki/issued/vpn.crt"));
     assert_eq!(c.tls.crl, Some(PathBuf::from("/etc/cvpn/crl.pem")));
     assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
-    let routes: Vec<_> = c.routes.iter().map(|r| (r.destination.to_string(), r.target, r.origin)).collect();
+    let routes: Vec<_> = c
+        .routes
+        .iter()
+        .map(|r| (r.destination.to_string(), r.target, r.origin))
+        .collect();
     assert_eq!(
         routes,
         vec![
-            ("192.168.0.0/16".into(), RouteTarget::Network(0), Origin::Associate),
-            ("10.20.0.0/16".into(), RouteTarget::Network(0), Origin::AddRoute),
+            (
+                "192.168.0.0/16".into(),
+                RouteTarget::Network(0),
+                Origin::Associate
+            ),
+            (
+                "10.20.0.0/16".into(),
+                RouteTarget::Network(0),
+                Origin::AddRoute
+            ),
             ("10.250.0.0/22".into(), RouteTarget::Local, Origin::AddRoute),
         ]
     );
@@ -70,28 +82,73 @@ fn with(extra: &str) -> String {
 #[test]
 fn errors_name_their_keys() {
     let cases: Vec<(String, &str, &str)> = vec![
-        (GOOD.replace("/22\"", "/24\""), "client_cidr", "between /12 and /22"),
-        (GOOD.replace("10.250.0.0/22\"\ndns", "10.250.0.1/22\"\ndns"), "client_cidr", "host bits"),
-        (GOOD.replace("[\"192.168.1.53\"]", "[\"1.1.1.1\", \"1.0.0.1\", \"8.8.8.8\"]"), "dns_servers", "at most 2"),
-        (GOOD.replace("12h", "25h"), "session_timeout", "at most 24h"),
-        (GOOD.replace("12h", "soon"), "session_timeout", "not a duration"),
-        (GOOD.replace("Authorized use only.", &"x".repeat(1401)), "banner", "at most 1400"),
-        (with("[[routes]]\ndestination = \"10.30.0.0/16\"\ntarget = \"tn-b\""), "routes[2].target", "no target network"),
-        (with("[[routes]]\ndestination = \"10.250.1.0/24\"\ntarget = \"tn-a\""), "routes[2].destination", "overlaps client_cidr"),
-        (with("[[routes]]\ndestination = \"10.20.0.0/16\"\ntarget = \"tn-a\""), "routes[2].destination", "already the destination"),
-        (with("[[routes]]\ndestination = \"10.0.0.0/8\"\ntarget = \"local\""), "routes[2].destination", "local route"),
         (
-            with("[[target_networks]]\nid = \"tn-a\"\ninterface = \"eth2\"\nvpc_cidr = \"10.250.0.0/16\""),
+            GOOD.replace("/22\"", "/24\""),
+            "client_cidr",
+            "between /12 and /22",
+        ),
+        (
+            GOOD.replace("10.250.0.0/22\"\ndns", "10.250.0.1/22\"\ndns"),
+            "client_cidr",
+            "host bits",
+        ),
+        (
+            GOOD.replace(
+                "[\"192.168.1.53\"]",
+                "[\"1.1.1.1\", \"1.0.0.1\", \"8.8.8.8\"]",
+            ),
+            "dns_servers",
+            "at most 2",
+        ),
+        (GOOD.replace("12h", "25h"), "session_timeout", "at most 24h"),
+        (
+            GOOD.replace("12h", "soon"),
+            "session_timeout",
+            "not a duration",
+        ),
+        (
+            GOOD.replace("Authorized use only.", &"x".repeat(1401)),
+            "banner",
+            "at most 1400",
+        ),
+        (
+            with("[[routes]]\ndestination = \"10.30.0.0/16\"\ntarget = \"tn-b\""),
+            "routes[2].target",
+            "no target network",
+        ),
+        (
+            with("[[routes]]\ndestination = \"10.250.1.0/24\"\ntarget = \"tn-a\""),
+            "routes[2].destination",
+            "overlaps client_cidr",
+        ),
+        (
+            with("[[routes]]\ndestination = \"10.20.0.0/16\"\ntarget = \"tn-a\""),
+            "routes[2].destination",
+            "already the destination",
+        ),
+        (
+            with("[[routes]]\ndestination = \"10.0.0.0/8\"\ntarget = \"local\""),
+            "routes[2].destination",
+            "local route",
+        ),
+        (
+            with(
+                "[[target_networks]]\nid = \"tn-a\"\ninterface = \"eth2\"\nvpc_cidr = \"10.250.0.0/16\"",
+            ),
             "target_networks[1].id",
             "duplicate",
         ),
         (
-            with("[[target_networks]]\nid = \"tn-b\"\ninterface = \"eth2\"\nvpc_cidr = \"10.250.0.0/16\""),
+            with(
+                "[[target_networks]]\nid = \"tn-b\"\ninterface = \"eth2\"\nvpc_cidr = \"10.250.0.0/16\"",
+            ),
             "target_networks[1].vpc_cidr",
             "overlaps client_cidr",
         ),
         (
-            with("[[authorization_rules]]\ndestination = \"10.0.0.0/8\"\naccess_group = \"x\"\nall_users = true"),
+            with(
+                "[[authorization_rules]]\ndestination = \"10.0.0.0/8\"\naccess_group = \"x\"\nall_users = true",
+            ),
             "authorization_rules[2].all_users",
             "not both",
         ),
@@ -108,7 +165,10 @@ fn errors_name_their_keys() {
 #[test]
 fn toml_errors_name_the_key_and_line() {
     let p = problems(&GOOD.replace("listen = \"0.0.0.0:443\"", "listen = \"nowhere\""));
-    assert!(p[0].1.contains("line 2") && p[0].1.contains("listen"), "{p:?}");
+    assert!(
+        p[0].1.contains("line 2") && p[0].1.contains("listen"),
+        "{p:?}"
+    );
     let p = problems(&GOOD.replace("banner =", "baner ="));
     assert!(p[0].1.contains("unknown field `baner`"), "{p:?}");
     let p = problems(&GOOD.replace("[tls]\ncert = \"pki/issued/vpn.crt\"\n", "[tls]\n"));

@@ -63,7 +63,9 @@ impl<V> Lpm<V> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Ipv4Net, &V)> {
-        self.levels.iter().flat_map(|(_, m)| m.values().map(|(n, v)| (n, v)))
+        self.levels
+            .iter()
+            .flat_map(|(_, m)| m.values().map(|(n, v)| (n, v)))
     }
 }
 
@@ -74,7 +76,12 @@ mod tests {
     #[test]
     fn longest_prefix_wins() {
         let mut t = Lpm::default();
-        for (net, v) in [("0.0.0.0/0", 0), ("10.0.0.0/8", 8), ("10.1.0.0/16", 16), ("10.1.2.3/32", 32)] {
+        for (net, v) in [
+            ("0.0.0.0/0", 0),
+            ("10.0.0.0/8", 8),
+            ("10.1.0.0/16", 16),
+            ("10.1.2.3/32", 32),
+        ] {
             *t.entry_or_insert_with(net.parse().unwrap(), || 0) = v;
         }
         let get = |a: &str| *t.lookup(a.parse().unwrap()).unwrap().1;

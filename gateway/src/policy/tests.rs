@@ -37,7 +37,10 @@ fn more_specific_rule_hides_shorter_one() {
 
 #[test]
 fn equal_prefixes_are_a_union() {
-    let rules = [rule("0.0.0.0/0", Some("eng")), rule("0.0.0.0/0", Some("mgr"))];
+    let rules = [
+        rule("0.0.0.0/0", Some("eng")),
+        rule("0.0.0.0/0", Some("mgr")),
+    ];
     assert!(allows(&rules, &["eng"], "192.168.0.7"));
     assert!(allows(&rules, &["mgr"], "192.168.0.7"));
     assert!(!allows(&rules, &["sales"], "192.168.0.7"));
@@ -65,7 +68,11 @@ fn all_users_and_group_rules() {
 #[test]
 fn default_is_deny() {
     assert!(!allows(&[], &["eng"], "10.0.0.1"));
-    assert!(!allows(&[rule("10.0.0.0/8", Some("eng"))], &["eng"], "11.0.0.1"));
+    assert!(!allows(
+        &[rule("10.0.0.0/8", Some("eng"))],
+        &["eng"],
+        "11.0.0.1"
+    ));
 }
 
 fn packet(src: [u8; 4], dst: [u8; 4]) -> [u8; 28] {
@@ -110,14 +117,35 @@ fn packet_verdicts() {
     let eng = p.group_mask(&["eng".into()]);
     let none = p.group_mask(&[]);
     let c = [10, 250, 0, 2];
-    assert_eq!(p.check(&packet(c, [192, 168, 1, 5]), me, eng), Verdict::Forward(RouteTarget::Network(0)));
-    assert_eq!(p.check(&packet(c, [192, 168, 1, 5]), me, none), Verdict::Denied);
-    assert_eq!(p.check(&packet(c, [192, 168, 2, 5]), me, eng), Verdict::Denied);
-    assert_eq!(p.check(&packet(c, [10, 20, 3, 4]), me, none), Verdict::Forward(RouteTarget::Network(1)));
-    assert_eq!(p.check(&packet(c, [10, 250, 0, 3]), me, none), Verdict::Forward(RouteTarget::Local));
+    assert_eq!(
+        p.check(&packet(c, [192, 168, 1, 5]), me, eng),
+        Verdict::Forward(RouteTarget::Network(0))
+    );
+    assert_eq!(
+        p.check(&packet(c, [192, 168, 1, 5]), me, none),
+        Verdict::Denied
+    );
+    assert_eq!(
+        p.check(&packet(c, [192, 168, 2, 5]), me, eng),
+        Verdict::Denied
+    );
+    assert_eq!(
+        p.check(&packet(c, [10, 20, 3, 4]), me, none),
+        Verdict::Forward(RouteTarget::Network(1))
+    );
+    assert_eq!(
+        p.check(&packet(c, [10, 250, 0, 3]), me, none),
+        Verdict::Forward(RouteTarget::Local)
+    );
     assert_eq!(p.check(&packet(c, [8, 8, 8, 8]), me, eng), Verdict::NoRoute);
-    assert_eq!(p.check(&packet([10, 250, 0, 9], [192, 168, 1, 5]), me, eng), Verdict::Spoofed);
-    assert_eq!(p.check(&packet(c, [192, 168, 1, 5])[..19], me, eng), Verdict::Malformed);
+    assert_eq!(
+        p.check(&packet([10, 250, 0, 9], [192, 168, 1, 5]), me, eng),
+        Verdict::Spoofed
+    );
+    assert_eq!(
+        p.check(&packet(c, [192, 168, 1, 5])[..19], me, eng),
+        Verdict::Malformed
+    );
     let mut v6 = packet(c, [192, 168, 1, 5]);
     v6[0] = 0x60;
     assert_eq!(p.check(&v6, me, eng), Verdict::Malformed);

@@ -1,0 +1,136 @@
+//! The admin socket: one JSON request per connection, one JSON answer.
+//! `{"command":"connections"}` lists sessions; `{"command":"terminate",
+//! "connection_id":ID}` or `{"command":"terminate","common_name":CN}` ends
+//! them.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::serve::Gateway;
+
+#[derive(Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Request {
+    Connections,
+    Terminate {
+        connection_id: Option<String>,
+        common_name: Option<String>,
+    },
+}
+
+/// Binds the socket (mode 0600: it can end anyone's session) and returns
+/// the task that serves it.
+pub async fn listen(gw: Arc<Gateway>) -> Result<impl std::future::Future<Output = Result<()>>> {
+    let path = gw.config.control_socket.clone();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("control_socket: {}", dir.display()))?;
+    }
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("control_socket: cannot bind {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(async move {
+        loop {
+            let (stream, _) = listener.accept().await.context("control socket")?;
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), answer(gw, stream)).await;
+            });
+        }
+    })
+}
+
+async fn answer(gw: Arc<Gateway>, stream: UnixStream) -> std::io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(rd.take(64 * 1024))
+        .read_line(&mut line)
+        .await?;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => handle(&gw, req),
+        Err(e) => json!({ "error": format!("bad request: {e}") }),
+    };
+    wr.write_all(format!("{reply}\n").as_bytes()).await?;
+    wr.shutdown().await
+}
+
+fn handle(gw: &Gateway, req: Request) -> Value {
+    match req {
+        Request::Connections => {
+            let list: Vec<Value> = gw
+                .registry
+                .all()
+                .iter()
+                .map(|s| {
+                    let c = &s.counters;
+                    json!({
+                        "connection-id": s.connection_id,
+                        "common-name": s.common_name,
+                        "client-ip": s.address.to_string(),
+                        "device-ip": s.device.ip().to_string(),
+                        "port": s.device.port().to_string(),
+                        "connection-start-time": s.started.unix_timestamp(),
+                        "ingress-bytes": c.ingress_bytes.load(Ordering::Relaxed),
+                        "egress-bytes": c.egress_bytes.load(Ordering::Relaxed),
+                        "ingress-packets": c.ingress_packets.load(Ordering::Relaxed),
+                        "egress-packets": c.egress_packets.load(Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            let d = &gw.drops;
+            json!({
+                "connections": list,
+                "drops": {
+                    "spoofed": d.spoofed.load(Ordering::Relaxed),
+                    "no_route": d.no_route.load(Ordering::Relaxed),
+                    "denied": d.denied.load(Ordering::Relaxed),
+                    "malformed": d.malformed.load(Ordering::Relaxed),
+                    "no_session": d.no_session.load(Ordering::Relaxed),
+                    "queue_full": d.queue_full.load(Ordering::Relaxed),
+                }
+            })
+        }
+        Request::Terminate {
+            connection_id,
+            common_name,
+        } => {
+            let mut ended = Vec::new();
+            for s in gw.registry.all() {
+                let hit = connection_id.as_deref() == Some(&s.connection_id)
+                    || common_name.as_deref() == Some(&s.common_name);
+                if hit {
+                    s.terminate("terminated by the administrator");
+                    ended.push(s.connection_id.clone());
+                }
+            }
+            json!({ "terminated": ended })
+        }
+    }
+}
+
+/// Client side, for `cvpn-gw connections` and `terminate`.
+pub async fn request(socket: &Path, req: Value) -> Result<Value> {
+    let mut stream = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "cannot reach the endpoint's control socket {}",
+            socket.display()
+        )
+    })?;
+    stream.write_all(format!("{req}\n").as_bytes()).await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    let v: Value = serde_json::from_str(&text).context("malformed answer on the control socket")?;
+    if let Some(e) = v.get("error") {
+        bail!("the endpoint refused the request: {e}");
+    }
+    Ok(v)
+}

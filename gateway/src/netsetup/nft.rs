@@ -1,0 +1,166 @@
+//! The gateway's own nftables table. It SNATs client traffic leaving each
+//! target network's interface to that network's ENI address and lets only
+//! replies (conntrack established/related) back toward the tunnel. The
+//! table's comment records the value of net.ipv4.ip_forward before the
+//! gateway changed it, so a run after a crash can restore it.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use ipnet::Ipv4Net;
+
+pub const TABLE: &str = "cvpn_gw";
+const COMMENT_PREFIX: &str = "cvpn-gw ip_forward=";
+
+/// One target network as the NAT needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NatTarget {
+    pub interface: String,
+    pub eni_address: Ipv4Addr,
+    pub snat: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot run nft (is the nftables package installed?): {0}")]
+    Spawn(std::io::Error),
+    #[error("nft refused the ruleset: {0}")]
+    Refused(String),
+}
+
+fn quote(s: &str) -> String {
+    // Interface names were validated (printable, no quotes possible in
+    // practice); escape anyway so the script cannot be broken out of.
+    format!("\"{}\"", s.replace(['"', '\\'], ""))
+}
+
+/// The whole table as one nft script: applied in one transaction.
+pub fn ruleset(
+    tun: &str,
+    client_cidr: Ipv4Net,
+    targets: &[NatTarget],
+    ip_forward_before: &str,
+) -> String {
+    let mut s = String::new();
+    s.push_str(&format!("table ip {TABLE} {{\n"));
+    s.push_str(&format!(
+        "  comment \"{COMMENT_PREFIX}{}\"\n",
+        ip_forward_before.trim()
+    ));
+    s.push_str(
+        "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
+    );
+    for t in targets.iter().filter(|t| t.snat) {
+        s.push_str(&format!(
+            "    ip saddr {client_cidr} oifname {} snat to {}\n",
+            quote(&t.interface),
+            t.eni_address
+        ));
+    }
+    s.push_str("  }\n");
+    s.push_str("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
+    s.push_str(&format!(
+        "    oifname {} ct state established,related accept\n",
+        quote(tun)
+    ));
+    s.push_str(&format!("    oifname {} counter drop\n", quote(tun)));
+    s.push_str("  }\n}\n");
+    s
+}
+
+fn nft(script: &str) -> Result<String, NftError> {
+    let mut child = Command::new("nft")
+        .arg("-f")
+        .arg("-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(NftError::Spawn)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(NftError::Spawn)?;
+    }
+    let out = child.wait_with_output().map_err(NftError::Spawn)?;
+    if !out.status.success() {
+        return Err(NftError::Refused(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Creates the table, replacing any previous one of ours, atomically.
+pub fn install(script: &str) -> Result<(), NftError> {
+    let full = format!("table ip {TABLE}\ndelete table ip {TABLE}\n{script}");
+    nft(&full).map(|_| ())
+}
+
+pub fn remove() -> Result<(), NftError> {
+    nft(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n")).map(|_| ())
+}
+
+/// If a table of ours is left from a run that did not clean up, the
+/// ip_forward value it recorded.
+pub fn stale_ip_forward() -> Option<String> {
+    let out = Command::new("nft")
+        .args(["list", "table", "ip", TABLE])
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    parse_comment(&String::from_utf8_lossy(&out.stdout)).or(Some(String::new()))
+}
+
+fn parse_comment(listing: &str) -> Option<String> {
+    let start = listing.find(COMMENT_PREFIX)? + COMMENT_PREFIX.len();
+    let value: String = listing[start..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    (!value.is_empty()).then_some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ruleset_snats_each_network_and_blocks_new_inbound() {
+        let targets = [
+            NatTarget {
+                interface: "eth1".into(),
+                eni_address: Ipv4Addr::new(192, 168, 1, 10),
+                snat: true,
+            },
+            NatTarget {
+                interface: "eth2".into(),
+                eni_address: Ipv4Addr::new(172, 16, 0, 5),
+                snat: false,
+            },
+        ];
+        let s = ruleset(
+            "cvpn-gw0",
+            "10.250.0.0/22".parse().unwrap(),
+            &targets,
+            "0\n",
+        );
+        assert!(s.contains("ip saddr 10.250.0.0/22 oifname \"eth1\" snat to 192.168.1.10"));
+        assert!(!s.contains("eth2"));
+        assert!(s.contains("oifname \"cvpn-gw0\" ct state established,related accept"));
+        assert!(s.contains("oifname \"cvpn-gw0\" counter drop"));
+        assert_eq!(parse_comment(&s), Some("0".into()));
+    }
+
+    #[test]
+    fn comment_parsing() {
+        assert_eq!(
+            parse_comment("table ip cvpn_gw {\n\tcomment \"cvpn-gw ip_forward=1\""),
+            Some("1".into())
+        );
+        assert_eq!(parse_comment("table ip cvpn_gw {}"), None);
+    }
+}

@@ -1,0 +1,317 @@
+//! `cvpn-gw serve`: sets up the host, accepts clients, and undoes the set-up
+//! on exit.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, anyhow};
+use arc_swap::ArcSwap;
+use cvpn_gw::config::Config;
+use cvpn_gw::connlog::{ConnLog, Event, Record};
+use cvpn_gw::dataplane::{self, Drops, Registry};
+use cvpn_gw::netsetup::{self, nft};
+use cvpn_gw::policy::Policy;
+use cvpn_gw::pool::Pool;
+use cvpn_gw::tls;
+use cvpn_proto::Control;
+use rustls::ServerConfig;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::control;
+use crate::session::{self, Admitted, TUNNEL_MTU};
+
+pub const TUN_NAME: &str = "cvpn-gw0";
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Gateway {
+    pub config: Config,
+    pub policy: ArcSwap<Policy>,
+    pub tls: ArcSwap<ServerConfig>,
+    pub registry: Registry,
+    pub pool: Mutex<Pool>,
+    pub tun: tun::AsyncDevice,
+    pub connlog: Option<ConnLog>,
+    pub gateway_addr: Ipv4Addr,
+    pub drops: Drops,
+}
+
+impl Gateway {
+    pub fn allocate(&self) -> Option<Ipv4Addr> {
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allocate()
+    }
+
+    pub fn release(&self, addr: Ipv4Addr) {
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(addr);
+    }
+
+    pub fn log(&self, record: &Record) {
+        if let Some(l) = &self.connlog {
+            l.write(record);
+        }
+    }
+
+    /// Logs a refused attempt and tells the client why.
+    pub async fn refuse<W: AsyncWrite + Unpin>(&self, wr: &mut W, record: Record) {
+        if let Event::Failed { reason } = &record.event {
+            warn!(device_ip = %record.device, common_name = ?record.common_name, %reason, "connection refused");
+            let mut buf = bytes::BytesMut::new();
+            let _ = cvpn_proto::encode_control(
+                &mut buf,
+                &Control::Disconnect {
+                    reason: reason.clone(),
+                },
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                wr.write_all(&buf).await?;
+                wr.shutdown().await
+            })
+            .await;
+        }
+        self.log(&record);
+    }
+}
+
+/// Everything `serve` changed on the host, undone in `teardown`.
+struct HostState {
+    applied: Option<netsetup::Applied>,
+    control_socket: PathBuf,
+}
+
+impl HostState {
+    fn teardown(&mut self) {
+        if let Some(a) = self.applied.take() {
+            if let Err(e) = a.undo() {
+                warn!(error = %e, "could not undo the network set-up");
+            }
+        }
+        let _ = std::fs::remove_file(&self.control_socket);
+    }
+}
+
+impl Drop for HostState {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+pub async fn serve(config: Config) -> Result<()> {
+    // Registered first, so a signal during start-up still gets a clean exit.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let policy = Policy::compile(&config).context("authorization_rules")?;
+    let tls_config = tls::server_config(&config.tls)?;
+    if netsetup::clear_stale()? {
+        info!("removed the nftables table left by a previous run");
+    }
+    let _ = std::fs::remove_file(&config.control_socket);
+    let enis = netsetup::eni_addresses(&config.target_networks).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+    let connlog = match &config.connection_log {
+        Some(p) => {
+            Some(ConnLog::open(p).with_context(|| format!("connection_log: {}", p.display()))?)
+        }
+        None => None,
+    };
+    let pool = Pool::new(config.client_cidr);
+    let gateway_addr = pool.gateway_address();
+    let mut tun_cfg = tun::Configuration::default();
+    tun_cfg
+        .tun_name(TUN_NAME)
+        .address(gateway_addr)
+        .netmask(ipnet::Ipv4Net::new(gateway_addr, config.client_cidr.prefix_len())?.netmask())
+        .mtu(TUNNEL_MTU)
+        .up();
+    let tun = tun::create_as_async(&tun_cfg)
+        .with_context(|| format!("cannot create tun device {TUN_NAME}"))?;
+
+    let mut host = HostState {
+        applied: None,
+        control_socket: config.control_socket.clone(),
+    };
+    let targets: Vec<nft::NatTarget> = config
+        .target_networks
+        .iter()
+        .zip(&enis)
+        .map(|(t, eni)| nft::NatTarget {
+            interface: t.interface.clone(),
+            eni_address: *eni,
+            snat: t.snat,
+        })
+        .collect();
+    host.applied = Some(netsetup::apply(|before| {
+        nft::ruleset(TUN_NAME, config.client_cidr, &targets, before)
+    })?);
+
+    let gw = Arc::new(Gateway {
+        policy: ArcSwap::from_pointee(policy),
+        tls: ArcSwap::new(tls_config),
+        registry: Registry::default(),
+        pool: Mutex::new(pool),
+        tun,
+        connlog,
+        gateway_addr,
+        drops: Drops::default(),
+        config,
+    });
+    let control = control::listen(gw.clone()).await?;
+    info!(listen = %gw.config.listen, client_cidr = %gw.config.client_cidr, tun = TUN_NAME,
+          eni = ?enis, "endpoint up");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(tun_reader(gw.clone()));
+    tasks.spawn(crl_watcher(gw.clone()));
+    tasks.spawn(accept_loop(gw.clone(), listener));
+    tasks.spawn(control);
+
+    let outcome = tokio::select! {
+        _ = term.recv() => { info!("SIGTERM: shutting down"); Ok(()) }
+        _ = int.recv() => { info!("SIGINT: shutting down"); Ok(()) }
+        r = tasks.join_next() => match r {
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(e)) => Err(anyhow!("a gateway task failed: {e}")),
+            _ => Err(anyhow!("a gateway task stopped")),
+        },
+    };
+    for s in gw.registry.all() {
+        s.terminate("endpoint shutting down");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !gw.registry.all().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tasks.abort_all();
+    host.teardown();
+    info!("endpoint down; host set-up removed");
+    outcome
+}
+
+async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) -> Result<()> {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors and the like: pause rather than spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        tokio::spawn(handle_connection(gw.clone(), tcp, peer));
+    }
+}
+
+async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let start = time::OffsetDateTime::now_utc();
+    let fail = |reason: String, cn: Option<String>| Record {
+        connection_id: session::new_connection_id(),
+        common_name: cn,
+        client_ip: None,
+        device: peer,
+        start,
+        event: Event::Failed { reason },
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(gw.tls.load_full());
+    let mut stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let rec = fail(format!("TLS handshake failed: {e}"), None);
+            warn!(device_ip = %peer, reason = %format!("TLS handshake failed: {e}"), "connection refused");
+            return gw.log(&rec);
+        }
+        Err(_) => return gw.log(&fail("TLS handshake timed out".into(), None)),
+    };
+    let (_, conn) = stream.get_ref();
+    if conn.alpn_protocol() != Some(cvpn_proto::ALPN) {
+        let why = "client did not negotiate ALPN cvpn/1 (not a cvpn client?)".to_string();
+        return gw.refuse(&mut stream, fail(why, None)).await;
+    }
+    let identity = match conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| cvpn_pki::client_identity(c))
+    {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => return gw.refuse(&mut stream, fail(e.to_string(), None)).await,
+        None => {
+            return gw
+                .refuse(&mut stream, fail("no client certificate".into(), None))
+                .await;
+        }
+    };
+    session::run(
+        gw,
+        stream,
+        Admitted {
+            identity,
+            device: peer,
+            start,
+        },
+    )
+    .await;
+}
+
+/// Reads packets from the tun device and hands each to its session.
+async fn tun_reader(gw: Arc<Gateway>) -> Result<()> {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let n = gw
+            .tun
+            .recv(&mut buf)
+            .await
+            .context("reading the tun device")?;
+        dataplane::deliver(&gw.registry, &gw.drops, &buf[..n]);
+    }
+}
+
+fn mtime(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Re-reads the CRL when its file changes: new handshakes use it at once,
+/// and sessions of newly revoked certificates end.
+async fn crl_watcher(gw: Arc<Gateway>) -> Result<()> {
+    let Some(path) = gw.config.tls.crl.clone() else {
+        return std::future::pending().await;
+    };
+    let mut seen = mtime(&path);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = mtime(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match tls::server_config(&gw.config.tls) {
+            Ok(c) => gw.tls.store(c),
+            Err(e) => {
+                warn!(error = %e, "CRL changed but cannot be used; keeping the previous one");
+                continue;
+            }
+        }
+        let revoked = match tls::load_crl(&path).map(|der| cvpn_pki::crl_serials(&der)) {
+            Ok(Ok(s)) => s,
+            _ => continue,
+        };
+        info!(path = %path.display(), revoked = revoked.len(), "CRL reloaded");
+        for s in gw.registry.all() {
+            if revoked.contains(&s.serial) {
+                info!(connection_id = %s.connection_id, common_name = %s.common_name, "certificate revoked: ending session");
+                s.terminate("certificate revoked");
+            }
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! One client connection, after the TLS handshake: hello, address, pushed
+//! configuration, then the two directions of the data path until the
+//! client leaves, the session expires or it is terminated.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use cvpn_gw::config::RouteTarget;
+use cvpn_gw::connlog::{Event, Record, Traffic};
+use cvpn_gw::dataplane::{Counters, Outbox, SessionHandle};
+use cvpn_gw::icmp::{self, Unreachable};
+use cvpn_gw::policy::{GroupMask, Verdict};
+use cvpn_pki::ClientIdentity;
+use cvpn_proto::{
+    ClientHello, Control, EndpointConfig, Frame, PROTOCOL_VERSION, decode, encode_control,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+use tracing::{debug, info, warn};
+
+use crate::serve::Gateway;
+
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+pub const KEEPALIVE: Duration = Duration::from_secs(10);
+/// A client silent for this long is gone (it sends keepalives every KEEPALIVE).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(35);
+pub const TUNNEL_MTU: u16 = 1500;
+/// Room for one maximal frame beyond what is buffered.
+const READ_RESERVE: usize = cvpn_proto::HEADER_LEN + cvpn_proto::MAX_PACKET;
+
+pub fn new_connection_id() -> String {
+    let mut b = [0u8; 8];
+    // Without the OS's randomness, the clock still tells sessions apart in logs.
+    if getrandom::fill(&mut b).is_err() {
+        b = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64).to_be_bytes();
+    }
+    format!(
+        "cvpn-conn-{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+/// Reads until one control frame is complete; packets before it are a
+/// protocol error.
+async fn read_control<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> Result<Control, String> {
+    loop {
+        match decode(buf) {
+            Ok(Some((Frame::Control(c), n))) => {
+                let msg = Control::parse(c).map_err(|e| e.to_string());
+                buf.advance(n);
+                return msg;
+            }
+            Ok(Some((Frame::Packet(_), _))) => return Err("packet before hello".into()),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        buf.reserve(READ_RESERVE);
+        match rd.read_buf(buf).await {
+            Ok(0) => return Err("connection closed before hello".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+pub struct Admitted {
+    pub identity: ClientIdentity,
+    pub device: SocketAddr,
+    pub start: time::OffsetDateTime,
+}
+
+/// Runs the session to its end and logs it.
+pub async fn run<S>(gw: Arc<Gateway>, stream: S, who: Admitted)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut rbuf = BytesMut::with_capacity(READ_RESERVE * 2);
+    let fail = |reason: String| Record {
+        connection_id: new_connection_id(),
+        common_name: Some(who.identity.common_name.clone()),
+        client_ip: None,
+        device: who.device,
+        start: who.start,
+        event: Event::Failed { reason },
+    };
+    let hello = match timeout(HELLO_TIMEOUT, read_control(&mut rd, &mut rbuf)).await {
+        Ok(Ok(Control::Hello(h))) => h,
+        Ok(Ok(other)) => {
+            return gw
+                .refuse(&mut wr, fail(format!("expected hello, got {other:?}")))
+                .await;
+        }
+        Ok(Err(e)) => return gw.refuse(&mut wr, fail(format!("bad hello: {e}"))).await,
+        Err(_) => {
+            return gw
+                .refuse(&mut wr, fail("no hello within 10 s".into()))
+                .await;
+        }
+    };
+    if hello.version != PROTOCOL_VERSION {
+        let why = format!(
+            "unsupported protocol version {} (this endpoint speaks {PROTOCOL_VERSION})",
+            hello.version
+        );
+        return gw.refuse(&mut wr, fail(why)).await;
+    }
+    let Some(address) = gw.allocate() else {
+        return gw
+            .refuse(&mut wr, fail("no free address in client_cidr".into()))
+            .await;
+    };
+    let handle = Arc::new(SessionHandle {
+        connection_id: new_connection_id(),
+        common_name: who.identity.common_name.clone(),
+        serial: who.identity.serial.clone(),
+        address,
+        device: who.device,
+        started: who.start,
+        outbox: Outbox::default(),
+        counters: Counters::default(),
+        end: tokio::sync::Notify::new(),
+        end_reason: std::sync::Mutex::new(None),
+    });
+    gw.registry.insert(handle.clone());
+    gw.log(&Record {
+        connection_id: handle.connection_id.clone(),
+        common_name: Some(handle.common_name.clone()),
+        client_ip: Some(address),
+        device: who.device,
+        start: who.start,
+        event: Event::Connected,
+    });
+    info!(
+        connection_id = %handle.connection_id, common_name = %handle.common_name,
+        groups = ?who.identity.groups, client_ip = %address, device_ip = %who.device,
+        os = %hello.os, "client connected"
+    );
+    handle
+        .outbox
+        .push_control(&Control::Config(gw.endpoint_config(
+            address,
+            &handle.connection_id,
+            &hello,
+        )));
+
+    let groups = gw.policy.load().group_mask(&who.identity.groups);
+    let reason = tokio::select! {
+        r = client_to_gateway(&gw, &mut rd, rbuf, &handle, groups) => r,
+        r = gateway_to_client(&mut wr, &handle.outbox) => r,
+        _ = handle.end.notified() => handle.reason().unwrap_or_else(|| "terminated".into()),
+        _ = tokio::time::sleep(gw.config.session_timeout) => "session timeout".into(),
+    };
+    handle.outbox.close();
+    gw.registry.remove(address);
+    gw.release(address);
+    let mut bye = BytesMut::new();
+    let _ = encode_control(
+        &mut bye,
+        &Control::Disconnect {
+            reason: reason.clone(),
+        },
+    );
+    let _ = timeout(Duration::from_secs(1), async {
+        wr.write_all(&bye).await?;
+        wr.shutdown().await
+    })
+    .await;
+    let c = &handle.counters;
+    let traffic = Traffic {
+        ingress_bytes: c.ingress_bytes.load(Ordering::Relaxed),
+        egress_bytes: c.egress_bytes.load(Ordering::Relaxed),
+        ingress_packets: c.ingress_packets.load(Ordering::Relaxed),
+        egress_packets: c.egress_packets.load(Ordering::Relaxed),
+    };
+    info!(connection_id = %handle.connection_id, common_name = %handle.common_name, %reason, "session ended");
+    gw.log(&Record {
+        connection_id: handle.connection_id.clone(),
+        common_name: Some(handle.common_name.clone()),
+        client_ip: Some(address),
+        device: who.device,
+        start: who.start,
+        event: Event::Ended {
+            end: time::OffsetDateTime::now_utc(),
+            reason,
+            traffic,
+        },
+    });
+}
+
+/// Reads frames from the client and applies the policy to every packet.
+/// Returns why the session ends.
+async fn client_to_gateway<R: AsyncRead + Unpin>(
+    gw: &Gateway,
+    rd: &mut R,
+    mut buf: BytesMut,
+    handle: &SessionHandle,
+    groups: GroupMask,
+) -> String {
+    let mut reply = [0u8; icmp::MAX_REPLY];
+    loop {
+        let policy = gw.policy.load();
+        let mut pos = 0;
+        loop {
+            let (frame, n) = match decode(&buf[pos..]) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return format!("malformed frame from client: {e}"),
+            };
+            pos += n;
+            let packet = match frame {
+                Frame::Packet(p) => p,
+                Frame::Control(c) => match Control::parse(c) {
+                    Ok(Control::Keepalive) => continue,
+                    Ok(Control::Disconnect { reason }) => {
+                        return format!("client disconnected: {reason}");
+                    }
+                    Ok(other) => return format!("protocol error: unexpected {other:?}"),
+                    Err(e) => return format!("protocol error: {e}"),
+                },
+            };
+            Counters::add(
+                &handle.counters.ingress_bytes,
+                &handle.counters.ingress_packets,
+                packet.len(),
+            );
+            match policy.check(packet, handle.address, groups) {
+                Verdict::Forward(RouteTarget::Network(_)) => {
+                    if let Err(e) = gw.tun.send(packet).await {
+                        debug!(error = %e, "tun write failed");
+                    }
+                }
+                Verdict::Forward(RouteTarget::Local) => {
+                    cvpn_gw::dataplane::deliver(&gw.registry, &gw.drops, packet)
+                }
+                Verdict::NoRoute => {
+                    gw.drops.no_route.fetch_add(1, Ordering::Relaxed);
+                    answer(
+                        &mut reply,
+                        packet,
+                        gw.gateway_addr,
+                        Unreachable::Net,
+                        &handle.outbox,
+                    );
+                }
+                Verdict::Denied => {
+                    gw.drops.denied.fetch_add(1, Ordering::Relaxed);
+                    answer(
+                        &mut reply,
+                        packet,
+                        gw.gateway_addr,
+                        Unreachable::AdminProhibited,
+                        &handle.outbox,
+                    );
+                }
+                Verdict::Spoofed => {
+                    if gw.drops.spoofed.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                        warn!(connection_id = %handle.connection_id, common_name = %handle.common_name,
+                              "dropped a packet with a forged source address");
+                    }
+                }
+                Verdict::Malformed => {
+                    gw.drops.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        buf.advance(pos);
+        buf.reserve(READ_RESERVE);
+        match timeout(IDLE_TIMEOUT, rd.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => return "client closed the connection".into(),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return format!("read failed: {e}"),
+            Err(_) => return "client silent past the keepalive timeout".into(),
+        }
+    }
+}
+
+fn answer(
+    reply: &mut [u8; icmp::MAX_REPLY],
+    packet: &[u8],
+    from: Ipv4Addr,
+    kind: Unreachable,
+    outbox: &Outbox,
+) {
+    if let Some(n) = icmp::unreachable(reply, packet, from, kind) {
+        outbox.push_packet(&reply[..n]);
+    }
+}
+
+/// Writes whatever the outbox holds, batched; a keepalive when idle.
+async fn gateway_to_client<W: AsyncWrite + Unpin>(wr: &mut W, outbox: &Outbox) -> String {
+    let mut spare = BytesMut::with_capacity(READ_RESERVE);
+    loop {
+        if timeout(KEEPALIVE, outbox.take(&mut spare)).await.is_err() {
+            let _ = encode_control(&mut spare, &Control::Keepalive);
+        }
+        if let Err(e) = wr.write_all(&spare).await {
+            return format!("write failed: {e}");
+        }
+        if let Err(e) = wr.flush().await {
+            return format!("write failed: {e}");
+        }
+        spare.clear();
+    }
+}
+
+impl Gateway {
+    pub fn endpoint_config(
+        &self,
+        address: Ipv4Addr,
+        connection_id: &str,
+        _hello: &ClientHello,
+    ) -> EndpointConfig {
+        let routes = if self.config.split_tunnel {
+            self.config.routes.iter().map(|r| r.destination).collect()
+        } else {
+            Vec::new()
+        };
+        EndpointConfig {
+            address,
+            prefix_len: self.config.client_cidr.prefix_len(),
+            routes,
+            full_tunnel: !self.config.split_tunnel,
+            dns_servers: self.config.dns_servers.clone(),
+            mtu: TUNNEL_MTU,
+            banner: self.config.banner.clone(),
+            keepalive_secs: KEEPALIVE.as_secs() as u32,
+            session_expires_in_secs: self.config.session_timeout.as_secs(),
+            connection_id: connection_id.to_string(),
+        }
+    }
+}
