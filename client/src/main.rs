@@ -1,1 +1,204 @@
-fn main() {}
+//! `cvpn-client connect profile.ovpnx [--once]`.
+
+mod tls;
+mod tunnel;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use clap::{Parser, Subcommand};
+use cvpn_client::profile::{self, Profile};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing::warn;
+
+use crate::tunnel::{Connected, HostSetup};
+
+#[derive(Parser)]
+#[command(name = "cvpn-client", version, about = "Connect to a cvpn endpoint")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connect with a profile; stays connected until interrupted
+    Connect {
+        profile: PathBuf,
+        /// Exit when the connection ends or fails instead of reconnecting
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let Command::Connect { profile, once } = Cli::parse().command;
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(connect(&profile, once)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cvpn-client: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_profile(path: &Path) -> Result<Profile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let p = profile::parse(&text, base, |f| std::fs::read_to_string(f))
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    for w in &p.warnings {
+        warn!("{}: {w}", path.display());
+    }
+    Ok(p)
+}
+
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    async fn any(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+async fn connect(path: &Path, once: bool) -> Result<()> {
+    let mut signals = Signals {
+        term: signal(SignalKind::terminate())?,
+        int: signal(SignalKind::interrupt())?,
+    };
+    let profile = load_profile(path)?;
+    let tls = tls::client_config(&profile).with_context(|| path.display().to_string())?;
+    tunnel::clear_stale()
+        .await
+        .context("clearing what a previous run left")?;
+    let mut backoff = profile.retry_initial;
+    let mut failures = 0u32;
+    loop {
+        let attempt = tokio::select! {
+            r = tunnel::connect(&profile, tls.clone()) => r,
+            _ = signals.any() => return Ok(()),
+        };
+        let outcome = match attempt {
+            Ok(c) => {
+                failures = 0;
+                backoff = profile.retry_initial;
+                match session(c, &mut signals).await? {
+                    None => return Ok(()),
+                    Some(Ok(reason)) => {
+                        eprintln!("cvpn-client: disconnected: {reason}");
+                        if once {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Some(Err(e)) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        if once {
+            return Err(outcome);
+        }
+        failures += 1;
+        if profile.retry_limit.is_some_and(|max| failures > max) {
+            return Err(outcome.context(format!(
+                "giving up after {failures} attempts (connect-retry-max)"
+            )));
+        }
+        eprintln!(
+            "cvpn-client: {outcome:#}; retrying in {}s",
+            backoff.as_secs()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = signals.any() => return Ok(()),
+        }
+        backoff = (backoff * 2)
+            .min(profile.retry_max)
+            .max(Duration::from_secs(1));
+    }
+}
+
+/// Sets up the host for one connection and runs it. None: a signal ended
+/// it; Some(result): the connection ended by itself.
+async fn session(c: Connected, signals: &mut Signals) -> Result<Option<Result<String>>> {
+    let setup = HostSetup::apply(&c).await?;
+    print_status(&c);
+    let Connected {
+        mut stream,
+        config,
+        leftover,
+        ..
+    } = c;
+    let keepalive = Duration::from_secs(u64::from(config.keepalive_secs.max(1)));
+    let outcome = tokio::select! {
+        r = tunnel::run(&mut stream, leftover, &setup.tun, keepalive) => Some(r),
+        _ = signals.any() => None,
+    };
+    if outcome.is_none() {
+        tunnel::say_goodbye(&mut stream, "client exiting").await;
+    }
+    setup.teardown().await;
+    Ok(outcome)
+}
+
+fn print_status(c: &Connected) {
+    let cfg = &c.config;
+    let routes = if cfg.full_tunnel {
+        "0.0.0.0/1, 128.0.0.0/1 (full tunnel)".to_string()
+    } else if cfg.routes.is_empty() {
+        "(none)".to_string()
+    } else {
+        cfg.routes
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let dns = if cfg.dns_servers.is_empty() {
+        "(unchanged)".to_string()
+    } else {
+        cfg.dns_servers
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("cvpn-client: connected to {} ({})", c.peer, c.server_name);
+    println!("  connection  {}", cfg.connection_id);
+    println!(
+        "  address     {}/{} on {}",
+        cfg.address,
+        cfg.prefix_len,
+        tunnel::TUN_NAME
+    );
+    println!("  routes      {routes}");
+    println!("  dns         {dns}");
+    println!("  expires in  {}s", cfg.session_expires_in_secs);
+    if let Some(b) = &cfg.banner {
+        println!("{b}");
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}

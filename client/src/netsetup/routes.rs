@@ -1,0 +1,183 @@
+//! Routes the client installs for what the endpoint pushes, over netlink.
+//! Every route carries our own protocol number, so routes left by a client
+//! that was killed are found and removed at the next start.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+/// "proto 179" in `ip route` output: cvpn-client's routes.
+pub const PROTO: u8 = 179;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("netlink: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error("no interface named {0}")]
+    NoLink(String),
+    #[error("no route to the gateway {0} outside the tunnel")]
+    NoPathToGateway(Ipv4Addr),
+    #[error("route {dest}: {source}")]
+    Add {
+        dest: Ipv4Net,
+        #[source]
+        source: rtnetlink::Error,
+    },
+}
+
+pub struct Netlink {
+    pub handle: Handle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Netlink {
+    pub fn open() -> Result<Netlink, RouteError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Socket)?;
+        Ok(Netlink {
+            handle,
+            task: tokio::spawn(conn),
+        })
+    }
+
+    pub async fn link_index(&self, name: &str) -> Result<u32, RouteError> {
+        match self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_next()
+            .await
+        {
+            Ok(Some(l)) => Ok(l.header.index),
+            _ => Err(RouteError::NoLink(name.to_string())),
+        }
+    }
+
+    /// How the kernel reaches `dst` now: (gateway, output interface).
+    pub async fn path_to(&self, dst: Ipv4Addr) -> Result<(Option<Ipv4Addr>, u32), RouteError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .build();
+        let msg = self.handle.route().get(query).execute().try_next().await;
+        let Ok(Some(msg)) = msg else {
+            return Err(RouteError::NoPathToGateway(dst));
+        };
+        let mut gateway = None;
+        let mut oif = None;
+        for a in &msg.attributes {
+            match a {
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        Ok((gateway, oif.ok_or(RouteError::NoPathToGateway(dst))?))
+    }
+
+    fn message(dest: Ipv4Net, oif: u32, gateway: Option<Ipv4Addr>) -> RouteMessage {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dest.network(), dest.prefix_len())
+            .output_interface(oif)
+            .protocol(RouteProtocol::Other(PROTO));
+        if let Some(g) = gateway {
+            b = b.gateway(g);
+        }
+        b.build()
+    }
+
+    /// Adds a route and returns it, for `remove`.
+    pub async fn add(
+        &self,
+        dest: Ipv4Net,
+        oif: u32,
+        gateway: Option<Ipv4Addr>,
+    ) -> Result<RouteMessage, RouteError> {
+        let msg = Self::message(dest, oif, gateway);
+        self.handle
+            .route()
+            .add(msg.clone())
+            .execute()
+            .await
+            .map_err(|source| RouteError::Add { dest, source })?;
+        Ok(msg)
+    }
+
+    pub async fn remove(&self, msg: RouteMessage) -> Result<(), RouteError> {
+        Ok(self.handle.route().del(msg).execute().await?)
+    }
+
+    /// Deletes every IPv4 route carrying our protocol number.
+    pub async fn remove_ours(&self) -> Result<usize, RouteError> {
+        let dump = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let routes: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(dump)
+            .execute()
+            .try_collect()
+            .await?;
+        let mut n = 0;
+        for r in routes
+            .into_iter()
+            .filter(|r| r.header.protocol == RouteProtocol::Other(PROTO))
+        {
+            if self.handle.route().del(r).execute().await.is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Destinations of the routes a client installs through the tunnel.
+pub fn tunnel_destinations(routes: &[Ipv4Net], full_tunnel: bool) -> Vec<Ipv4Net> {
+    if full_tunnel {
+        // Two halves are more specific than any default route, which stays
+        // in place for the path to the gateway and comes back untouched.
+        vec![
+            Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 1).unwrap_or_default(),
+            Ipv4Net::new(Ipv4Addr::new(128, 0, 0, 0), 1).unwrap_or_default(),
+        ]
+    } else {
+        routes.to_vec()
+    }
+}
+
+/// The gateway address to pin outside the tunnel, when it is IPv4.
+pub fn gateway_ipv4(addr: IpAddr) -> Option<Ipv4Addr> {
+    match addr {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(a) => a.to_ipv4_mapped(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_tunnel_is_two_halves() {
+        let d = tunnel_destinations(&["10.0.0.0/8".parse().unwrap()], true);
+        assert_eq!(
+            d,
+            vec![
+                "0.0.0.0/1".parse::<Ipv4Net>().unwrap(),
+                "128.0.0.0/1".parse().unwrap()
+            ]
+        );
+        let d = tunnel_destinations(&["10.0.0.0/8".parse().unwrap()], false);
+        assert_eq!(d, vec!["10.0.0.0/8".parse::<Ipv4Net>().unwrap()]);
+    }
+}

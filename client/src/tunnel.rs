@@ -1,0 +1,343 @@
+//! One connection to the endpoint: connect, authenticate, receive the
+//! configuration, set up the host, move packets until it ends.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::{Buf, BytesMut};
+use cvpn_client::netsetup::dns::{self, Dns};
+use cvpn_client::netsetup::routes::{self, Netlink};
+use cvpn_client::profile::{Profile, Remote};
+use cvpn_proto::{
+    ClientHello, Control, EndpointConfig, Frame, PROTOCOL_VERSION, decode, encode_control,
+    encode_packet,
+};
+use futures::FutureExt;
+use ipnet::Ipv4Net;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::client::TlsStream;
+use tracing::{debug, warn};
+
+use crate::tls;
+
+pub const TUN_NAME: &str = "cvpn0";
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const READ_RESERVE: usize = cvpn_proto::HEADER_LEN + cvpn_proto::MAX_PACKET;
+/// Packets gathered from the tun device into one TLS write.
+const BATCH_BYTES: usize = 64 * 1024;
+
+pub struct Connected {
+    pub stream: TlsStream<TcpStream>,
+    pub config: EndpointConfig,
+    pub peer: SocketAddr,
+    pub server_name: String,
+    /// Bytes read after the configuration message.
+    pub leftover: BytesMut,
+}
+
+async fn open(profile: &Profile, remote: &Remote, config: Arc<ClientConfig>) -> Result<Connected> {
+    let name: ServerName<'static> = tls::server_name(profile, remote)?;
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((remote.host.as_str(), remote.port))
+        .await
+        .with_context(|| format!("cannot resolve {}", remote.host))?
+        .collect();
+    let mut last = anyhow!("{} has no address", remote.host);
+    for addr in addrs {
+        let tcp = match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                last = anyhow!("{addr}: {e}");
+                continue;
+            }
+            Err(_) => {
+                last = anyhow!("{addr}: connection timed out");
+                continue;
+            }
+        };
+        tcp.set_nodelay(true)?;
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
+        let mut stream = timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
+            .await
+            .map_err(|_| anyhow!("{addr}: TLS handshake timed out"))?
+            .map_err(|e| anyhow!("{addr}: TLS handshake failed: {e}"))?;
+        if stream.get_ref().1.alpn_protocol() != Some(cvpn_proto::ALPN) {
+            bail!("{addr}: the server did not negotiate ALPN cvpn/1: not a cvpn endpoint");
+        }
+        let mut hello = BytesMut::new();
+        encode_control(
+            &mut hello,
+            &Control::Hello(ClientHello {
+                version: PROTOCOL_VERSION,
+                os: std::env::consts::OS.to_string(),
+                client: format!("cvpn-client {}", env!("CARGO_PKG_VERSION")),
+            }),
+        )?;
+        stream.write_all(&hello).await?;
+        stream.flush().await?;
+        let mut buf = BytesMut::with_capacity(READ_RESERVE);
+        let config = timeout(CONNECT_TIMEOUT, read_config(&mut stream, &mut buf))
+            .await
+            .map_err(|_| anyhow!("{addr}: no configuration from the endpoint"))??;
+        return Ok(Connected {
+            stream,
+            config,
+            peer: addr,
+            server_name: profile
+                .verify_name
+                .clone()
+                .unwrap_or_else(|| remote.host.clone()),
+            leftover: buf,
+        });
+    }
+    Err(last)
+}
+
+async fn read_config<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> Result<EndpointConfig> {
+    loop {
+        if let Some((frame, n)) = decode(buf)? {
+            let msg = match frame {
+                Frame::Control(c) => Control::parse(c)?,
+                Frame::Packet(_) => bail!("the endpoint sent a packet before its configuration"),
+            };
+            buf.advance(n);
+            match msg {
+                Control::Config(c) => return Ok(c),
+                Control::Disconnect { reason } => bail!("refused by the endpoint: {reason}"),
+                other => bail!("unexpected message before the configuration: {other:?}"),
+            }
+        }
+        buf.reserve(READ_RESERVE);
+        let n = rd
+            .read_buf(buf)
+            .await
+            .map_err(|e| classify_read_error(&e))?;
+        if n == 0 {
+            bail!("the endpoint closed the connection");
+        }
+    }
+}
+
+/// A TLS alert from the server surfaces as a read error: say what it means.
+fn classify_read_error(e: &std::io::Error) -> anyhow::Error {
+    anyhow!("refused by the endpoint: {e}")
+}
+
+/// Tries each remote in turn (shuffled with `remote-random`).
+pub async fn connect(profile: &Profile, config: Arc<ClientConfig>) -> Result<Connected> {
+    let mut remotes = profile.remotes.clone();
+    if profile.remote_random {
+        use rand::seq::SliceRandom;
+        remotes.shuffle(&mut rand::rng());
+    }
+    let mut errors = Vec::new();
+    for r in &remotes {
+        match open(profile, r, config.clone()).await {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                warn!("{}:{}: {e:#}", r.host, r.port);
+                errors.push(format!("{}:{}: {e:#}", r.host, r.port));
+            }
+        }
+    }
+    Err(anyhow!("{}", errors.join("; ")))
+}
+
+/// What the client added to the host for one connection.
+pub struct HostSetup {
+    pub tun: tun::AsyncDevice,
+    netlink: Netlink,
+    routes: Vec<rtnetlink::packet_route::route::RouteMessage>,
+    dns: Dns,
+}
+
+impl HostSetup {
+    pub async fn apply(c: &Connected) -> Result<HostSetup> {
+        let cfg = &c.config;
+        let mut tun_cfg = tun::Configuration::default();
+        tun_cfg
+            .tun_name(TUN_NAME)
+            .address(cfg.address)
+            .netmask(std::net::Ipv4Addr::BROADCAST)
+            .mtu(cfg.mtu)
+            .up();
+        let tun = tun::create_as_async(&tun_cfg)
+            .with_context(|| format!("cannot create tun device {TUN_NAME}"))?;
+        let netlink = Netlink::open()?;
+        let mut setup = HostSetup {
+            tun,
+            netlink,
+            routes: Vec::new(),
+            dns: Dns::None,
+        };
+        if let Err(e) = setup.install(c).await {
+            setup.teardown().await;
+            return Err(e);
+        }
+        Ok(setup)
+    }
+
+    async fn install(&mut self, c: &Connected) -> Result<()> {
+        let cfg = &c.config;
+        let index = self.netlink.link_index(TUN_NAME).await?;
+        if cfg.full_tunnel {
+            // Pin the path to the gateway outside the tunnel first.
+            if let Some(gw) = routes::gateway_ipv4(c.peer.ip()) {
+                let (via, oif) = self.netlink.path_to(gw).await?;
+                let host = Ipv4Net::new(gw, 32)?;
+                self.routes.push(self.netlink.add(host, oif, via).await?);
+            }
+        }
+        for dest in routes::tunnel_destinations(&cfg.routes, cfg.full_tunnel) {
+            self.routes.push(self.netlink.add(dest, index, None).await?);
+        }
+        self.dns = dns::apply(
+            &cfg.dns_servers,
+            TUN_NAME,
+            std::path::Path::new(RESOLV_CONF),
+        )?;
+        Ok(())
+    }
+
+    pub async fn teardown(mut self) {
+        if let Err(e) = std::mem::replace(&mut self.dns, Dns::None).undo() {
+            warn!("restoring DNS: {e}");
+        }
+        for r in self.routes.drain(..).rev() {
+            if let Err(e) = self.netlink.remove(r).await {
+                debug!("removing a route: {e}");
+            }
+        }
+        drop(self.tun);
+    }
+}
+
+/// Removes what a client that did not exit cleanly left behind.
+pub async fn clear_stale() -> Result<()> {
+    let nl = Netlink::open()?;
+    let n = nl.remove_ours().await?;
+    if n > 0 {
+        warn!("removed {n} route(s) left by a previous cvpn-client");
+    }
+    if dns::clear_stale(std::path::Path::new(RESOLV_CONF))? {
+        warn!("restored {RESOLV_CONF} left by a previous cvpn-client");
+    }
+    Ok(())
+}
+
+/// Moves packets both ways until the connection ends; returns why.
+pub async fn run<S>(
+    stream: &mut S,
+    leftover: BytesMut,
+    tun: &tun::AsyncDevice,
+    keepalive: Duration,
+) -> Result<String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let idle = keepalive * 3 + Duration::from_secs(5);
+    tokio::select! {
+        r = endpoint_to_tun(&mut rd, leftover, tun, idle) => r,
+        r = tun_to_endpoint(&mut wr, tun, keepalive) => r,
+    }
+}
+
+async fn endpoint_to_tun<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    mut buf: BytesMut,
+    tun: &tun::AsyncDevice,
+    idle: Duration,
+) -> Result<String> {
+    loop {
+        let mut pos = 0;
+        while let Some((frame, n)) = decode(&buf[pos..])? {
+            pos += n;
+            match frame {
+                Frame::Packet(p) => {
+                    if let Err(e) = tun.send(p).await {
+                        debug!("tun write: {e}");
+                    }
+                }
+                Frame::Control(c) => match Control::parse(c)? {
+                    Control::Keepalive => {}
+                    Control::Disconnect { reason } => {
+                        return Ok(format!("the endpoint ended the session: {reason}"));
+                    }
+                    other => debug!("ignoring {other:?}"),
+                },
+            }
+        }
+        buf.advance(pos);
+        buf.reserve(READ_RESERVE);
+        match timeout(idle, rd.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => return Ok("the endpoint closed the connection".into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(anyhow!("connection lost: {e}")),
+            Err(_) => return Err(anyhow!("connection lost: the endpoint stopped answering")),
+        }
+    }
+}
+
+async fn tun_to_endpoint<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    tun: &tun::AsyncDevice,
+    keepalive: Duration,
+) -> Result<String> {
+    let mut packet = vec![0u8; cvpn_proto::MAX_PACKET];
+    let mut out = BytesMut::with_capacity(BATCH_BYTES + READ_RESERVE);
+    loop {
+        match timeout(keepalive, tun.recv(&mut packet)).await {
+            Ok(Ok(n)) => {
+                let _ = encode_packet(&mut out, &packet[..n]);
+                // Gather what is already queued, without waiting, into the
+                // same TLS write.
+                while out.len() < BATCH_BYTES {
+                    match tun.recv(&mut packet).now_or_never() {
+                        Some(Ok(n)) => {
+                            let _ = encode_packet(&mut out, &packet[..n]);
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            Ok(Err(e)) => return Err(anyhow!("reading {TUN_NAME}: {e}")),
+            Err(_) => encode_control(&mut out, &Control::Keepalive)?,
+        }
+        wr.write_all(&out)
+            .await
+            .map_err(|e| anyhow!("connection lost: {e}"))?;
+        wr.flush()
+            .await
+            .map_err(|e| anyhow!("connection lost: {e}"))?;
+        out.clear();
+    }
+}
+
+/// Tells the endpoint we are leaving.
+pub async fn say_goodbye<S: AsyncWrite + Unpin>(stream: &mut S, reason: &str) {
+    let mut buf = BytesMut::new();
+    if encode_control(
+        &mut buf,
+        &Control::Disconnect {
+            reason: reason.into(),
+        },
+    )
+    .is_ok()
+    {
+        let _ = timeout(Duration::from_secs(1), async {
+            stream.write_all(&buf).await?;
+            stream.shutdown().await
+        })
+        .await;
+    }
+}
