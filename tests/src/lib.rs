@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod netns;
+pub mod testbed;
+
 /// A binary of the workspace, built by `cargo build --workspace` next to the
 /// test executables (target/<profile>/).
 pub fn bin(name: &str) -> PathBuf {

@@ -6,7 +6,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
 /// "proto 179" in `ip route` output: cvpn-client's routes.
@@ -91,9 +93,11 @@ impl Netlink {
             .destination_prefix(dest.network(), dest.prefix_len())
             .output_interface(oif)
             .protocol(RouteProtocol::Other(PROTO));
-        if let Some(g) = gateway {
-            b = b.gateway(g);
-        }
+        // As `ip route add` does: a route without a gateway is on-link.
+        b = match gateway {
+            Some(g) => b.gateway(g),
+            None => b.scope(RouteScope::Link),
+        };
         b.build()
     }
 

@@ -1,0 +1,117 @@
+//! Test helper run inside the test namespaces: a TCP source that sends a
+//! deterministic byte stream and reports who connected, and a fetcher that
+//! checks the stream byte for byte. Both stop by themselves.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+fn byte_at(i: u64, seed: u64) -> u8 {
+    (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn num(args: &[String], name: &str, default: u64) -> u64 {
+    arg(args, name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// serve --listen ADDR --bytes N --seed S --timeout SECS
+fn serve(args: &[String]) -> Result<(), String> {
+    let listen = arg(args, "--listen").ok_or("--listen missing")?;
+    let bytes = num(args, "--bytes", 1_000_000);
+    let seed = num(args, "--seed", 1);
+    let deadline = Instant::now() + Duration::from_secs(num(args, "--timeout", 60));
+    let listener = TcpListener::bind(&listen).map_err(|e| format!("bind {listen}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    println!("listening {listen}");
+    let _ = std::io::stdout().flush();
+    let (mut sock, peer) = loop {
+        match listener.accept() {
+            Ok(x) => break x,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    };
+    sock.set_nonblocking(false).map_err(|e| e.to_string())?;
+    sock.set_write_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    println!("peer={}", peer.ip());
+    let _ = std::io::stdout().flush();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
+    while sent < bytes {
+        let n = (bytes - sent).min(buf.len() as u64) as usize;
+        for (k, b) in buf[..n].iter_mut().enumerate() {
+            *b = byte_at(sent + k as u64, seed);
+        }
+        sock.write_all(&buf[..n])
+            .map_err(|e| format!("send: {e}"))?;
+        sent += n as u64;
+    }
+    Ok(())
+}
+
+/// fetch --connect HOST:PORT --bytes N --seed S --timeout SECS
+fn fetch(args: &[String]) -> Result<(), String> {
+    let target = arg(args, "--connect").ok_or("--connect missing")?;
+    let bytes = num(args, "--bytes", 1_000_000);
+    let seed = num(args, "--seed", 1);
+    let timeout = Duration::from_secs(num(args, "--timeout", 30));
+    let addr = target
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {target}: {e}"))?
+        .next()
+        .ok_or(format!("{target}: no address"))?;
+    let mut sock =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    sock.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut got = 0u64;
+    loop {
+        let n = sock
+            .read(&mut buf)
+            .map_err(|e| format!("read after {got} bytes: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        for (k, b) in buf[..n].iter().enumerate() {
+            if *b != byte_at(got + k as u64, seed) {
+                return Err(format!("byte {} differs", got + k as u64));
+            }
+        }
+        got += n as u64;
+    }
+    if got != bytes {
+        return Err(format!("got {got} bytes, expected {bytes}"));
+    }
+    println!("ok {got} bytes from {addr}");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1).map(String::as_str) {
+        Some("serve") => serve(&args),
+        Some("fetch") => fetch(&args),
+        _ => Err("usage: cvpn-e2e-helper serve|fetch ...".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cvpn-e2e-helper: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
