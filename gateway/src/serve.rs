@@ -90,10 +90,10 @@ struct HostState {
 
 impl HostState {
     fn teardown(&mut self) {
-        if let Some(a) = self.applied.take() {
-            if let Err(e) = a.undo() {
-                warn!(error = %e, "could not undo the network set-up");
-            }
+        if let Some(a) = self.applied.take()
+            && let Err(e) = a.undo()
+        {
+            warn!(error = %e, "could not undo the network set-up");
         }
         let _ = std::fs::remove_file(&self.control_socket);
     }

@@ -260,7 +260,12 @@ async fn client_to_gateway<R: AsyncRead + Unpin>(
                     );
                 }
                 Verdict::Spoofed => {
-                    if gw.drops.spoofed.fetch_add(1, Ordering::Relaxed) % 1000 == 0 {
+                    if gw
+                        .drops
+                        .spoofed
+                        .fetch_add(1, Ordering::Relaxed)
+                        .is_multiple_of(1000)
+                    {
                         warn!(connection_id = %handle.connection_id, common_name = %handle.common_name,
                               "dropped a packet with a forged source address");
                     }

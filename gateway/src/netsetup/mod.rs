@@ -113,11 +113,11 @@ pub struct Applied {
 pub fn apply(script_for: impl FnOnce(&str) -> String) -> Result<Applied, SetupError> {
     let before = std::fs::read_to_string(IP_FORWARD).map_err(SetupError::Sysctl)?;
     nft::install(&script_for(&before))?;
-    if before.trim() != "1" {
-        if let Err(e) = std::fs::write(IP_FORWARD, "1") {
-            let _ = nft::remove();
-            return Err(SetupError::Sysctl(e));
-        }
+    if before.trim() != "1"
+        && let Err(e) = std::fs::write(IP_FORWARD, "1")
+    {
+        let _ = nft::remove();
+        return Err(SetupError::Sysctl(e));
     }
     Ok(Applied {
         ip_forward_before: before.trim().to_string(),

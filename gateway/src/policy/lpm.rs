@@ -8,10 +8,13 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+/// The prefixes of one length: network address -> (prefix, value).
+type Level<V> = HashMap<u32, (Ipv4Net, V)>;
+
 #[derive(Clone, Debug)]
 pub struct Lpm<V> {
-    /// (prefix length, network address -> value), longest first.
-    levels: Vec<(u8, HashMap<u32, (Ipv4Net, V)>)>,
+    /// (prefix length, its prefixes), longest first.
+    levels: Vec<(u8, Level<V>)>,
 }
 
 impl<V> Default for Lpm<V> {
