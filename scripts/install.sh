@@ -8,3 +8,5 @@ for b in cvpn-pki cvpn-gw cvpn-client; do
   install -m 0755 "target/release/$b" /usr/local/bin/
 done
 echo "installed: $(for b in cvpn-pki cvpn-gw cvpn-client; do command -v $b; done | tr '\n' ' ')"
+# The main job: the whole quickstart in network namespaces.
+bash scripts/demo.sh
