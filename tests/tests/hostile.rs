@@ -44,7 +44,10 @@ fn hostile_peers_lose_only_their_own_connection() {
         "\\002\\000\\000\\062{\"type\":\"hello\",\"version\":1,\"os\":\"x\",\"client\":\"y\"}\\002\\000\\377\\377",
         true,
     );
-    gw.wait_for("malformed frame from client: control frame of 65535 bytes", 10);
+    gw.wait_for(
+        "malformed frame from client: control frame of 65535 bytes",
+        10,
+    );
 
     // The gateway still serves a real client.
     let _client = tb.connect(0, &profile);
@@ -68,7 +71,11 @@ fn client_reconnects_after_the_gateway_restarts() {
     let _gw = tb.start_gateway(&config);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
     while client.output().matches("connected to").count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "no reconnection: {}", client.output());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reconnection: {}",
+            client.output()
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let out = sh(&tb.clients[0], &format!("ping -c 1 -W 3 {TARGET}"));
