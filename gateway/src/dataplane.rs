@@ -74,6 +74,14 @@ impl Outbox {
         }
     }
 
+    /// Gives an idle outbox's memory back.
+    pub fn shrink_if_empty(&self) {
+        let mut buf = self.locked();
+        if buf.is_empty() && buf.capacity() > 0 {
+            *buf = BytesMut::new();
+        }
+    }
+
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         self.notify.notify_one();

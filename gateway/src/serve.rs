@@ -110,6 +110,11 @@ pub async fn serve(config: Config) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let policy = Policy::compile(&config).context("authorization_rules")?;
+    // Each client is a socket: thousands of them need more than the usual
+    // soft limit of 1024 descriptors.
+    if let Ok(n) = rlimit::increase_nofile_limit(u64::MAX) {
+        info!(max_open_files = n, "file descriptor limit");
+    }
     let tls_config = tls::server_config(&config.tls)?;
     if netsetup::clear_stale()? {
         info!("removed the nftables table left by a previous run");

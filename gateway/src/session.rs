@@ -30,6 +30,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(35);
 pub const TUNNEL_MTU: u16 = 1500;
 /// Room for one maximal frame beyond what is buffered.
 const READ_RESERVE: usize = cvpn_proto::HEADER_LEN + cvpn_proto::MAX_PACKET;
+/// Read buffers start small and grow while reads fill them: an idle
+/// session holds a few KiB, a busy one reads up to BUSY_READ per call.
+const IDLE_READ: usize = 4 * 1024;
+const BUSY_READ: usize = 256 * 1024;
+/// A session without traffic this long gives its buffers back.
+const SHRINK_AFTER: Duration = Duration::from_secs(2);
 
 pub fn new_connection_id() -> String {
     let mut b = [0u8; 8];
@@ -60,7 +66,7 @@ async fn read_control<R: AsyncRead + Unpin>(
             Ok(None) => {}
             Err(e) => return Err(e.to_string()),
         }
-        buf.reserve(READ_RESERVE);
+        buf.reserve(IDLE_READ);
         match rd.read_buf(buf).await {
             Ok(0) => return Err("connection closed before hello".into()),
             Ok(_) => {}
@@ -81,7 +87,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
-    let mut rbuf = BytesMut::with_capacity(READ_RESERVE * 2);
+    let mut rbuf = BytesMut::with_capacity(IDLE_READ);
     let fail = |reason: String| Record {
         connection_id: new_connection_id(),
         common_name: Some(who.identity.common_name.clone()),
@@ -204,6 +210,7 @@ async fn client_to_gateway<R: AsyncRead + Unpin>(
     groups: GroupMask,
 ) -> String {
     let mut reply = [0u8; icmp::MAX_REPLY];
+    let mut want = IDLE_READ;
     loop {
         let policy = gw.policy.load();
         let mut pos = 0;
@@ -276,12 +283,50 @@ async fn client_to_gateway<R: AsyncRead + Unpin>(
             }
         }
         buf.advance(pos);
-        buf.reserve(READ_RESERVE);
-        match timeout(IDLE_TIMEOUT, rd.read_buf(&mut buf)).await {
-            Ok(Ok(0)) => return "client closed the connection".into(),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return format!("read failed: {e}"),
-            Err(_) => return "client silent past the keepalive timeout".into(),
+        match read_more(rd, &mut buf, &mut want).await {
+            Ok(()) => {}
+            Err(reason) => return reason,
+        }
+    }
+}
+
+/// Reads at least one byte into `buf`, sizing it to the traffic: `want`
+/// doubles while reads fill it, and an idle session drops back to a small
+/// buffer. Err: why the session ends.
+async fn read_more<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    want: &mut usize,
+) -> Result<(), String> {
+    let mut idle = Duration::ZERO;
+    loop {
+        // A partial frame needs room for the rest of it at least.
+        let need = (*want).max(if buf.is_empty() { 0 } else { READ_RESERVE });
+        if buf.capacity() - buf.len() < need {
+            buf.reserve(need);
+        }
+        let room = buf.capacity() - buf.len();
+        match timeout(SHRINK_AFTER, rd.read_buf(buf)).await {
+            Ok(Ok(0)) => return Err("client closed the connection".into()),
+            Ok(Ok(n)) => {
+                *want = if n >= room / 2 {
+                    (*want * 2).min(BUSY_READ)
+                } else {
+                    *want
+                };
+                return Ok(());
+            }
+            Ok(Err(e)) => return Err(format!("read failed: {e}")),
+            Err(_) => {
+                idle += SHRINK_AFTER;
+                if idle >= IDLE_TIMEOUT {
+                    return Err("client silent past the keepalive timeout".into());
+                }
+                if buf.is_empty() && buf.capacity() > IDLE_READ {
+                    *buf = BytesMut::new();
+                    *want = IDLE_READ;
+                }
+            }
         }
     }
 }
@@ -298,11 +343,14 @@ fn answer(
     }
 }
 
-/// Writes whatever the outbox holds, batched; a keepalive when idle.
+/// Writes whatever the outbox holds, batched; a keepalive when idle, and
+/// then the buffers go back to the allocator.
 async fn gateway_to_client<W: AsyncWrite + Unpin>(wr: &mut W, outbox: &Outbox) -> String {
-    let mut spare = BytesMut::with_capacity(READ_RESERVE);
+    let mut spare = BytesMut::new();
     loop {
         if timeout(KEEPALIVE, outbox.take(&mut spare)).await.is_err() {
+            outbox.shrink_if_empty();
+            spare = BytesMut::new();
             let _ = encode_control(&mut spare, &Control::Keepalive);
         }
         if let Err(e) = wr.write_all(&spare).await {

@@ -83,6 +83,9 @@ enum IssueKind {
         name: String,
         #[arg(long = "group")]
         group: Vec<String>,
+        /// Issue NAME-1 .. NAME-COUNT in one go (for load tests)
+        #[arg(long)]
+        count: Option<u32>,
         #[arg(long, default_value_t = DEFAULT_CLIENT_DAYS)]
         days: u32,
         /// Default: the CA's key type
@@ -131,6 +134,27 @@ fn run(cli: Cli) -> Result<()> {
                 IssueKind::Client {
                     name,
                     group,
+                    count: Some(count),
+                    days,
+                    key_type,
+                } => {
+                    let names: Vec<String> = (1..=count).map(|i| format!("{name}-{i}")).collect();
+                    let done = store.issue_many(
+                        &names,
+                        Request::Client { groups: &group },
+                        days,
+                        key_type,
+                    )?;
+                    println!(
+                        "issued {} client certificates {name}-1 .. {name}-{count}",
+                        done.len()
+                    );
+                    return Ok(());
+                }
+                IssueKind::Client {
+                    name,
+                    group,
+                    count: None,
                     days,
                     key_type,
                 } => {

@@ -116,7 +116,25 @@ impl Store {
         days: u32,
         key_type: Option<KeyType>,
     ) -> Result<Entry, PkiError> {
-        validate_name(name)?;
+        let mut entries = self.issue_many(&[name.to_string()], req, days, key_type)?;
+        entries
+            .pop()
+            .ok_or_else(|| PkiError::Generate("nothing issued".into()))
+    }
+
+    /// Issues several certificates under one lock and one index update
+    /// (load tests need thousands). All names are checked before any is
+    /// issued, so a refused batch changes nothing.
+    pub fn issue_many(
+        &self,
+        names: &[String],
+        req: Request<'_>,
+        days: u32,
+        key_type: Option<KeyType>,
+    ) -> Result<Vec<Entry>, PkiError> {
+        for name in names {
+            validate_name(name)?;
+        }
         check_days(days)?;
         match &req {
             Request::Server { dns, .. } => dns.iter().try_for_each(|d| validate_dns(d))?,
@@ -125,11 +143,40 @@ impl Store {
         self.require_ca()?;
         let _lock = self.lock()?;
         let mut index = self.load_index()?;
-        index.check_can_issue(name)?;
+        for name in names {
+            index.check_can_issue(name)?;
+        }
         let ca = self.load_ca()?;
         let key_type = key_type.unwrap_or_else(|| ca.key_type());
-        let (issued, kind, groups) = loop {
-            let (issued, kind, groups) = match &req {
+        let mut issued = Vec::with_capacity(names.len());
+        for name in names {
+            let (cert, entry) = self.make_one(&ca, &index, name, &req, days, key_type)?;
+            index.entries.push(entry.clone());
+            issued.push((cert, entry));
+        }
+        for (cert, entry) in &issued {
+            write_atomic(&self.key_path(&entry.name), cert.key_pem.as_bytes(), 0o600)?;
+            write_atomic(
+                &self.cert_path(&entry.name),
+                cert.cert_pem.as_bytes(),
+                0o644,
+            )?;
+        }
+        self.save_index(&index)?;
+        Ok(issued.into_iter().map(|(_, e)| e).collect())
+    }
+
+    fn make_one(
+        &self,
+        ca: &Ca,
+        index: &Index,
+        name: &str,
+        req: &Request<'_>,
+        days: u32,
+        key_type: KeyType,
+    ) -> Result<(crate::issue::Issued, Entry), PkiError> {
+        loop {
+            let (issued, kind, groups) = match req {
                 Request::Server { dns, ips } => (
                     ca.issue_server(name, dns, ips, days, key_type)?,
                     CertKind::Server,
@@ -143,24 +190,20 @@ impl Store {
             };
             // 158 random bits never collide in practice; the index is the
             // authority, so make sure anyway.
-            if !index.contains_serial(&issued.serial) {
-                break (issued, kind, groups);
+            if index.contains_serial(&issued.serial) {
+                continue;
             }
-        };
-        let entry = Entry {
-            serial: issued.serial.clone(),
-            name: name.to_string(),
-            kind,
-            groups,
-            not_after: issued.not_after,
-            state: CertState::Valid,
-            revoked_at: None,
-        };
-        write_atomic(&self.key_path(name), issued.key_pem.as_bytes(), 0o600)?;
-        write_atomic(&self.cert_path(name), issued.cert_pem.as_bytes(), 0o644)?;
-        index.entries.push(entry.clone());
-        self.save_index(&index)?;
-        Ok(entry)
+            let entry = Entry {
+                serial: issued.serial.clone(),
+                name: name.to_string(),
+                kind,
+                groups,
+                not_after: issued.not_after,
+                state: CertState::Valid,
+                revoked_at: None,
+            };
+            return Ok((issued, entry));
+        }
     }
 
     /// Revokes the valid certificate of `name` and publishes a new CRL.

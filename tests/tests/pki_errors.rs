@@ -150,3 +150,35 @@ fn twenty_parallel_issues() {
         assert!(out.contains(": OK"));
     }
 }
+
+#[test]
+fn batch_issue_is_all_or_nothing() {
+    let pki = Pki::new(&[]);
+    pki.ok(&["issue", "client", "load-3"]);
+    refused(
+        &pki,
+        &["issue", "client", "load", "--count", "5"],
+        "\"load-3\" already has a valid certificate",
+    );
+    pki.ok(&["revoke", "load-3"]);
+    let out = pki.ok(&[
+        "issue", "client", "load", "--count", "50", "--group", "bench",
+    ]);
+    assert!(out.contains("issued 50 client certificates"), "{out}");
+    let index: serde_json::Value = serde_json::from_str(&pki.read("index.json")).unwrap();
+    let valid: HashSet<_> = index["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["state"] == "valid")
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(valid.len(), 50);
+    for i in [1, 25, 50] {
+        let out = ok(Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(pki.path("ca.crt"))
+            .arg(pki.cert(&format!("load-{i}"))));
+        assert!(out.contains(": OK"));
+    }
+}
