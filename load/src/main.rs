@@ -269,11 +269,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// Error texts with addresses and numbers folded, so failures group by kind.
 fn reason_kind(e: &str) -> String {
-    e.split(|c: char| c == '(' || c == '[')
-        .next()
-        .unwrap_or(e)
-        .trim()
-        .to_string()
+    e.split(['(', '[']).next().unwrap_or(e).trim().to_string()
 }
 
 #[tokio::main]
