@@ -14,7 +14,7 @@ use cvpn_proto::{
     ClientHello, Control, EndpointConfig, Frame, PROTOCOL_VERSION, decode, encode_control,
     encode_packet,
 };
-use futures::FutureExt;
+use cvpn_tundev::TunDevice;
 use ipnet::Ipv4Net;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
@@ -29,7 +29,7 @@ use crate::tls;
 pub const TUN_NAME: &str = "cvpn0";
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const READ_RESERVE: usize = cvpn_proto::HEADER_LEN + cvpn_proto::MAX_PACKET;
+const READ_RESERVE: usize = cvpn_proto::HEADER_LEN + cvpn_proto::MAX_PACKET_FRAME;
 /// Packets gathered from the tun device into one TLS write.
 const BATCH_BYTES: usize = 64 * 1024;
 
@@ -154,7 +154,7 @@ pub async fn connect(profile: &Profile, config: Arc<ClientConfig>) -> Result<Con
 
 /// What the client added to the host for one connection.
 pub struct HostSetup {
-    pub tun: tun::AsyncDevice,
+    pub tun: TunDevice,
     netlink: Netlink,
     routes: Vec<rtnetlink::packet_route::route::RouteMessage>,
     dns: Dns,
@@ -163,15 +163,12 @@ pub struct HostSetup {
 impl HostSetup {
     pub async fn apply(c: &Connected) -> Result<HostSetup> {
         let cfg = &c.config;
-        let mut tun_cfg = tun::Configuration::default();
-        tun_cfg
-            .tun_name(TUN_NAME)
-            .address(cfg.address)
-            .netmask(std::net::Ipv4Addr::BROADCAST)
-            .mtu(cfg.mtu)
-            .up();
-        let tun = tun::create_as_async(&tun_cfg)
-            .with_context(|| format!("cannot create tun device {TUN_NAME}"))?;
+        let tun = TunDevice::create(
+            TUN_NAME,
+            cfg.address,
+            std::net::Ipv4Addr::BROADCAST,
+            cfg.mtu,
+        )?;
         let netlink = Netlink::open()?;
         let mut setup = HostSetup {
             tun,
@@ -238,7 +235,7 @@ pub async fn clear_stale() -> Result<()> {
 pub async fn run<S>(
     stream: &mut S,
     leftover: BytesMut,
-    tun: &tun::AsyncDevice,
+    tun: &TunDevice,
     keepalive: Duration,
 ) -> Result<String>
 where
@@ -255,7 +252,7 @@ where
 async fn endpoint_to_tun<R: AsyncRead + Unpin>(
     rd: &mut R,
     mut buf: BytesMut,
-    tun: &tun::AsyncDevice,
+    tun: &TunDevice,
     idle: Duration,
 ) -> Result<String> {
     loop {
@@ -290,10 +287,10 @@ async fn endpoint_to_tun<R: AsyncRead + Unpin>(
 
 async fn tun_to_endpoint<W: AsyncWrite + Unpin>(
     wr: &mut W,
-    tun: &tun::AsyncDevice,
+    tun: &TunDevice,
     keepalive: Duration,
 ) -> Result<String> {
-    let mut packet = vec![0u8; cvpn_proto::MAX_PACKET];
+    let mut packet = vec![0u8; cvpn_proto::MAX_PACKET_FRAME];
     let mut out = BytesMut::with_capacity(BATCH_BYTES + READ_RESERVE);
     loop {
         match timeout(keepalive, tun.recv(&mut packet)).await {
@@ -302,7 +299,7 @@ async fn tun_to_endpoint<W: AsyncWrite + Unpin>(
                 // Gather what is already queued, without waiting, into the
                 // same TLS write.
                 while out.len() < BATCH_BYTES {
-                    match tun.recv(&mut packet).now_or_never() {
+                    match tun.try_recv(&mut packet) {
                         Some(Ok(n)) => {
                             let _ = encode_packet(&mut out, &packet[..n]);
                         }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::BytesMut;
-use cvpn_proto::{Control, encode_control, encode_packet};
+use cvpn_proto::{Control, VNET_HDR_LEN, encode_control, encode_packet};
 use tokio::sync::Notify;
 
 /// A session's outbox holds at most this much; past it packets are dropped
@@ -190,15 +190,16 @@ impl Registry {
     }
 }
 
-/// The IPv4 destination of a packet, if it is one.
+/// The IPv4 destination of a packet read from the tun device (behind its
+/// virtio-net header), if it is one.
 #[inline]
-pub fn ipv4_destination(packet: &[u8]) -> Option<Ipv4Addr> {
-    let h = packet.get(..20)?;
+pub fn ipv4_destination(payload: &[u8]) -> Option<Ipv4Addr> {
+    let h = payload.get(VNET_HDR_LEN..VNET_HDR_LEN + 20)?;
     (h[0] >> 4 == 4).then(|| Ipv4Addr::new(h[16], h[17], h[18], h[19]))
 }
 
-/// Hands one packet read from the tun device to the session that owns its
-/// destination.
+/// Hands one packet read from the tun device (virtio-net header and IP
+/// packet) to the session that owns its destination.
 pub fn deliver(registry: &Registry, drops: &Drops, packet: &[u8]) {
     let Some(dst) = ipv4_destination(packet) else {
         drops.malformed.fetch_add(1, Ordering::Relaxed);
@@ -210,7 +211,7 @@ pub fn deliver(registry: &Registry, drops: &Drops, packet: &[u8]) {
                 Counters::add(
                     &s.counters.egress_bytes,
                     &s.counters.egress_packets,
-                    packet.len(),
+                    packet.len() - VNET_HDR_LEN,
                 );
             } else {
                 drops.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -227,10 +228,11 @@ mod tests {
     use super::*;
     use cvpn_proto::{Frame, decode};
 
+    /// A virtio-net header and an IPv4 packet of `len` bytes to `dst`.
     fn packet(dst: [u8; 4], len: usize) -> Vec<u8> {
-        let mut p = vec![0u8; len];
-        p[0] = 0x45;
-        p[16..20].copy_from_slice(&dst);
+        let mut p = vec![0u8; VNET_HDR_LEN + len];
+        p[VNET_HDR_LEN] = 0x45;
+        p[VNET_HDR_LEN + 16..VNET_HDR_LEN + 20].copy_from_slice(&dst);
         p
     }
 
@@ -252,7 +254,7 @@ mod tests {
             });
             pos += n;
         }
-        assert_eq!(lens, vec![20, 100, 1500, 0]);
+        assert_eq!(lens, vec![30, 110, 1510, 0]);
     }
 
     #[test]
@@ -260,7 +262,7 @@ mod tests {
         let outbox = Outbox::default();
         let p = packet([10, 0, 0, 2], 60_000);
         let accepted = (0..100).filter(|_| outbox.push_packet(&p)).count();
-        assert_eq!(accepted, OUTBOX_LIMIT / (60_000 + 4));
+        assert_eq!(accepted, OUTBOX_LIMIT / (60_010 + 4));
         outbox.close();
         assert!(!outbox.push_packet(&packet([10, 0, 0, 2], 20)));
     }

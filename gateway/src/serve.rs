@@ -34,7 +34,7 @@ pub struct Gateway {
     pub tls: ArcSwap<ServerConfig>,
     pub registry: Registry,
     pub pool: Mutex<Pool>,
-    pub tun: tun::AsyncDevice,
+    pub tun: cvpn_tundev::TunDevice,
     pub connlog: Option<ConnLog>,
     pub gateway_addr: Ipv4Addr,
     pub drops: Drops,
@@ -132,15 +132,8 @@ pub async fn serve(config: Config) -> Result<()> {
     };
     let pool = Pool::new(config.client_cidr);
     let gateway_addr = pool.gateway_address();
-    let mut tun_cfg = tun::Configuration::default();
-    tun_cfg
-        .tun_name(TUN_NAME)
-        .address(gateway_addr)
-        .netmask(ipnet::Ipv4Net::new(gateway_addr, config.client_cidr.prefix_len())?.netmask())
-        .mtu(TUNNEL_MTU)
-        .up();
-    let tun = tun::create_as_async(&tun_cfg)
-        .with_context(|| format!("cannot create tun device {TUN_NAME}"))?;
+    let netmask = ipnet::Ipv4Net::new(gateway_addr, config.client_cidr.prefix_len())?.netmask();
+    let tun = cvpn_tundev::TunDevice::create(TUN_NAME, gateway_addr, netmask, TUNNEL_MTU)?;
 
     let mut host = HostState {
         applied: None,
@@ -271,7 +264,7 @@ async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
 
 /// Reads packets from the tun device and hands each to its session.
 async fn tun_reader(gw: Arc<Gateway>) -> Result<()> {
-    let mut buf = vec![0u8; 65_536];
+    let mut buf = vec![0u8; cvpn_proto::MAX_PACKET_FRAME];
     loop {
         let n = gw
             .tun

@@ -12,10 +12,11 @@ use cvpn_gw::config::RouteTarget;
 use cvpn_gw::connlog::{Event, Record, Traffic};
 use cvpn_gw::dataplane::{Counters, Outbox, SessionHandle};
 use cvpn_gw::icmp::{self, Unreachable};
-use cvpn_gw::policy::{GroupMask, Verdict};
+use cvpn_gw::policy::{GroupMask, Policy, Verdict};
 use cvpn_pki::ClientIdentity;
 use cvpn_proto::{
-    ClientHello, Control, EndpointConfig, Frame, PROTOCOL_VERSION, decode, encode_control,
+    ClientHello, Control, EndpointConfig, Frame, PROTOCOL_VERSION, VNET_HDR_LEN, decode,
+    encode_control, vnet,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
@@ -29,7 +30,7 @@ pub const KEEPALIVE: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(35);
 pub const TUNNEL_MTU: u16 = 1500;
 /// Room for one maximal frame beyond what is buffered.
-const READ_RESERVE: usize = cvpn_proto::HEADER_LEN + cvpn_proto::MAX_PACKET;
+const READ_RESERVE: usize = cvpn_proto::HEADER_LEN + cvpn_proto::MAX_PACKET_FRAME;
 /// Read buffers start small and grow while reads fill them: an idle
 /// session holds a few KiB, a busy one reads up to BUSY_READ per call.
 const IDLE_READ: usize = 4 * 1024;
@@ -209,7 +210,7 @@ async fn client_to_gateway<R: AsyncRead + Unpin>(
     handle: &SessionHandle,
     groups: GroupMask,
 ) -> String {
-    let mut reply = [0u8; icmp::MAX_REPLY];
+    let mut reply: Reply = [0u8; VNET_HDR_LEN + icmp::MAX_REPLY];
     let mut want = IDLE_READ;
     loop {
         let policy = gw.policy.load();
@@ -221,7 +222,7 @@ async fn client_to_gateway<R: AsyncRead + Unpin>(
                 Err(e) => return format!("malformed frame from client: {e}"),
             };
             pos += n;
-            let packet = match frame {
+            let payload = match frame {
                 Frame::Packet(p) => p,
                 Frame::Control(c) => match Control::parse(c) {
                     Ok(Control::Keepalive) => continue,
@@ -232,55 +233,7 @@ async fn client_to_gateway<R: AsyncRead + Unpin>(
                     Err(e) => return format!("protocol error: {e}"),
                 },
             };
-            Counters::add(
-                &handle.counters.ingress_bytes,
-                &handle.counters.ingress_packets,
-                packet.len(),
-            );
-            match policy.check(packet, handle.address, groups) {
-                Verdict::Forward(RouteTarget::Network(_)) => {
-                    if let Err(e) = gw.tun.send(packet).await {
-                        debug!(error = %e, "tun write failed");
-                    }
-                }
-                Verdict::Forward(RouteTarget::Local) => {
-                    cvpn_gw::dataplane::deliver(&gw.registry, &gw.drops, packet)
-                }
-                Verdict::NoRoute => {
-                    gw.drops.no_route.fetch_add(1, Ordering::Relaxed);
-                    answer(
-                        &mut reply,
-                        packet,
-                        gw.gateway_addr,
-                        Unreachable::Net,
-                        &handle.outbox,
-                    );
-                }
-                Verdict::Denied => {
-                    gw.drops.denied.fetch_add(1, Ordering::Relaxed);
-                    answer(
-                        &mut reply,
-                        packet,
-                        gw.gateway_addr,
-                        Unreachable::AdminProhibited,
-                        &handle.outbox,
-                    );
-                }
-                Verdict::Spoofed => {
-                    if gw
-                        .drops
-                        .spoofed
-                        .fetch_add(1, Ordering::Relaxed)
-                        .is_multiple_of(1000)
-                    {
-                        warn!(connection_id = %handle.connection_id, common_name = %handle.common_name,
-                              "dropped a packet with a forged source address");
-                    }
-                }
-                Verdict::Malformed => {
-                    gw.drops.malformed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            forward(gw, handle, &policy, groups, payload, &mut reply).await;
         }
         buf.advance(pos);
         match read_more(rd, &mut buf, &mut want).await {
@@ -331,17 +284,76 @@ async fn read_more<R: AsyncRead + Unpin>(
     }
 }
 
-fn answer(
-    reply: &mut [u8; icmp::MAX_REPLY],
-    packet: &[u8],
-    from: Ipv4Addr,
-    kind: Unreachable,
-    outbox: &Outbox,
+/// Applies the policy to one packet frame from the client (virtio-net
+/// header and IP packet) and sends it on, or answers it with ICMP.
+async fn forward(
+    gw: &Gateway,
+    handle: &SessionHandle,
+    policy: &Policy,
+    groups: GroupMask,
+    payload: &[u8],
+    reply: &mut Reply,
 ) {
-    if let Some(n) = icmp::unreachable(reply, packet, from, kind) {
-        outbox.push_packet(&reply[..n]);
+    let Some((hdr, packet)) = vnet::split(payload) else {
+        gw.drops.malformed.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    let c = &handle.counters;
+    Counters::add(&c.ingress_bytes, &c.ingress_packets, packet.len());
+    let unreachable = match policy.check(packet, handle.address, groups) {
+        // A segmentation-offload packet is many segments behind one IP
+        // header: the addresses judged are those of every segment.
+        Verdict::Forward(_) if !hdr.is_sane(packet.len()) => {
+            gw.drops.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        Verdict::Forward(RouteTarget::Network(_)) => {
+            if let Err(e) = gw.tun.send(payload).await {
+                debug!(error = %e, "tun write failed");
+            }
+            return;
+        }
+        Verdict::Forward(RouteTarget::Local) => {
+            return cvpn_gw::dataplane::deliver(&gw.registry, &gw.drops, payload);
+        }
+        Verdict::NoRoute => {
+            gw.drops.no_route.fetch_add(1, Ordering::Relaxed);
+            Unreachable::Net
+        }
+        Verdict::Denied => {
+            gw.drops.denied.fetch_add(1, Ordering::Relaxed);
+            Unreachable::AdminProhibited
+        }
+        Verdict::Spoofed => {
+            if gw
+                .drops
+                .spoofed
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(1000)
+            {
+                warn!(connection_id = %handle.connection_id, common_name = %handle.common_name,
+                      "dropped a packet with a forged source address");
+            }
+            return;
+        }
+        Verdict::Malformed => {
+            gw.drops.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    // The reply goes behind a plain virtio-net header (the buffer's first
+    // bytes, always zero).
+    let (_, body) = reply.split_at_mut(VNET_HDR_LEN);
+    let Ok(body) = <&mut [u8; icmp::MAX_REPLY]>::try_from(body) else {
+        return;
+    };
+    if let Some(n) = icmp::unreachable(body, packet, gw.gateway_addr, unreachable) {
+        handle.outbox.push_packet(&reply[..VNET_HDR_LEN + n]);
     }
 }
+
+/// Room for an ICMP error behind a virtio-net header.
+type Reply = [u8; VNET_HDR_LEN + icmp::MAX_REPLY];
 
 /// Writes whatever the outbox holds, batched; a keepalive when idle, and
 /// then the buffers go back to the allocator.

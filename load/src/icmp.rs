@@ -6,6 +6,16 @@ use std::net::Ipv4Addr;
 use pnet_packet::util::checksum;
 
 pub const ECHO_LEN: usize = 20 + 8 + 16;
+/// A frame's payload: a plain virtio-net header, then the echo request.
+pub const FRAME_LEN: usize = cvpn_proto::VNET_HDR_LEN + ECHO_LEN;
+
+/// A frame payload: a plain virtio-net header and an IPv4 ICMP echo
+/// request `src -> dst` with identifier `id`.
+pub fn echo_frame(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> [u8; FRAME_LEN] {
+    let mut frame = [0u8; FRAME_LEN];
+    frame[cvpn_proto::VNET_HDR_LEN..].copy_from_slice(&echo_request(src, dst, id, seq));
+    frame
+}
 
 /// An IPv4 ICMP echo request `src -> dst` with identifier `id`.
 pub fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> [u8; ECHO_LEN] {

@@ -196,10 +196,13 @@ async fn await_packet(s: &mut Session, done: impl Fn(&[u8]) -> bool) -> Result<(
 async fn ping(s: &mut Session, dst: Ipv4Addr, id: u16) -> Result<()> {
     let me = s.config.address;
     let mut out = BytesMut::new();
-    encode_packet(&mut out, &icmp::echo_request(me, dst, id, 1))?;
+    encode_packet(&mut out, &icmp::echo_frame(me, dst, id, 1))?;
     s.tls.write_all(&out).await?;
     s.tls.flush().await?;
-    await_packet(s, |p| icmp::is_echo_reply(p, me, id, 1)).await
+    await_packet(s, |p| {
+        icmp::is_echo_reply(p.get(cvpn_proto::VNET_HDR_LEN..).unwrap_or(&[]), me, id, 1)
+    })
+    .await
 }
 
 async fn run_session(

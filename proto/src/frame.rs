@@ -1,16 +1,21 @@
-//! Framing: `[type u8][flags u8][len u16 BE][payload]`.
+//! Framing: `[type u8][len u24 BE][payload]`. A packet frame's payload is
+//! a virtio-net header followed by one IP packet (up to 64 KB: a
+//! segmentation-offload packet crosses as one frame).
 
 use bytes::BufMut;
 
 use crate::control::Control;
+use crate::vnet::VNET_HDR_LEN;
 
 pub const HEADER_LEN: usize = 4;
 /// Largest IP packet a frame may carry (the IPv4 total-length limit).
 pub const MAX_PACKET: usize = 65_535;
+/// Largest packet frame payload: header and packet.
+pub const MAX_PACKET_FRAME: usize = VNET_HDR_LEN + MAX_PACKET;
 /// Largest control message: far above any valid one, far below memory trouble.
 pub const MAX_CONTROL: usize = 16 * 1024;
-/// Smallest IP packet: an IPv4 header without options.
-pub const MIN_PACKET: usize = 20;
+/// Smallest packet frame payload: header and an IPv4 header without options.
+pub const MIN_PACKET_FRAME: usize = VNET_HDR_LEN + 20;
 
 const TYPE_PACKET: u8 = 1;
 const TYPE_CONTROL: u8 = 2;
@@ -25,9 +30,7 @@ pub enum Frame<'a> {
 pub enum FrameError {
     #[error("unknown frame type {0}")]
     UnknownType(u8),
-    #[error("reserved flags set: {0:#04x}")]
-    Flags(u8),
-    #[error("packet frame of {0} bytes (must be {MIN_PACKET}..={MAX_PACKET})")]
+    #[error("packet frame of {0} bytes (must be {MIN_PACKET_FRAME}..={MAX_PACKET_FRAME})")]
     PacketSize(usize),
     #[error("control frame of {0} bytes (must be 1..={MAX_CONTROL})")]
     ControlSize(usize),
@@ -43,13 +46,12 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
     let Some(header) = buf.get(..HEADER_LEN) else {
         return Ok(None);
     };
-    let (kind, flags) = (header[0], header[1]);
-    let len = usize::from(u16::from_be_bytes([header[2], header[3]]));
-    if flags != 0 {
-        return Err(FrameError::Flags(flags));
-    }
+    let kind = header[0];
+    let len = u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
     match kind {
-        TYPE_PACKET if len < MIN_PACKET => return Err(FrameError::PacketSize(len)),
+        TYPE_PACKET if !(MIN_PACKET_FRAME..=MAX_PACKET_FRAME).contains(&len) => {
+            return Err(FrameError::PacketSize(len));
+        }
         TYPE_CONTROL if len == 0 || len > MAX_CONTROL => return Err(FrameError::ControlSize(len)),
         TYPE_PACKET | TYPE_CONTROL => {}
         other => return Err(FrameError::UnknownType(other)),
@@ -66,19 +68,18 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, FrameError> {
 }
 
 fn put_header(out: &mut impl BufMut, kind: u8, len: usize) {
-    out.put_u8(kind);
-    out.put_u8(0);
-    // Callers have checked `len <= u16::MAX`.
-    out.put_u16(len as u16);
+    // Callers have checked that `len` fits in 24 bits.
+    out.put_u32(u32::from(kind) << 24 | len as u32);
 }
 
-/// Appends one packet frame to `out`.
-pub fn encode_packet(out: &mut impl BufMut, packet: &[u8]) -> Result<(), FrameError> {
-    if !(MIN_PACKET..=MAX_PACKET).contains(&packet.len()) {
-        return Err(FrameError::PacketSize(packet.len()));
+/// Appends one packet frame to `out`; `payload` is a virtio-net header and
+/// the packet, as a tun device with IFF_VNET_HDR reads them.
+pub fn encode_packet(out: &mut impl BufMut, payload: &[u8]) -> Result<(), FrameError> {
+    if !(MIN_PACKET_FRAME..=MAX_PACKET_FRAME).contains(&payload.len()) {
+        return Err(FrameError::PacketSize(payload.len()));
     }
-    put_header(out, TYPE_PACKET, packet.len());
-    out.put_slice(packet);
+    put_header(out, TYPE_PACKET, payload.len());
+    out.put_slice(payload);
     Ok(())
 }
 
@@ -104,9 +105,9 @@ mod tests {
     #[test]
     fn round_trip_several_frames_in_one_buffer() {
         let mut buf = Vec::new();
-        encode_packet(&mut buf, &packet(20)).unwrap();
+        encode_packet(&mut buf, &packet(MIN_PACKET_FRAME)).unwrap();
         encode_control(&mut buf, &Control::Keepalive).unwrap();
-        encode_packet(&mut buf, &packet(MAX_PACKET)).unwrap();
+        encode_packet(&mut buf, &packet(MAX_PACKET_FRAME)).unwrap();
         let mut pos = 0;
         let mut seen = Vec::new();
         while let Some((frame, n)) = decode(&buf[pos..]).unwrap() {
@@ -119,7 +120,7 @@ mod tests {
             });
             pos += n;
         }
-        assert_eq!(seen, vec![20, 0, MAX_PACKET]);
+        assert_eq!(seen, vec![MIN_PACKET_FRAME, 0, MAX_PACKET_FRAME]);
         assert_eq!(pos, buf.len());
     }
 
@@ -134,16 +135,20 @@ mod tests {
 
     #[test]
     fn hostile_headers_are_errors() {
-        assert_eq!(decode(&[9, 0, 0, 20]), Err(FrameError::UnknownType(9)));
-        assert_eq!(decode(&[1, 1, 0, 20]), Err(FrameError::Flags(1)));
+        assert_eq!(decode(&[9, 0, 0, 40]), Err(FrameError::UnknownType(9)));
         assert_eq!(decode(&[1, 0, 0, 3]), Err(FrameError::PacketSize(3)));
+        assert_eq!(
+            decode(&[1, 0xff, 0xff, 0xff]),
+            Err(FrameError::PacketSize(0xff_ffff))
+        );
+        assert_eq!(decode(&[1, 1, 0, 10]), Err(FrameError::PacketSize(65_546)));
         assert_eq!(decode(&[2, 0, 0, 0]), Err(FrameError::ControlSize(0)));
         assert_eq!(
             decode(&[2, 0, 0xff, 0xff]),
             Err(FrameError::ControlSize(65_535))
         );
-        assert!(encode_packet(&mut Vec::new(), &packet(3)).is_err());
-        assert!(encode_packet(&mut Vec::new(), &packet(MAX_PACKET + 1)).is_err());
+        assert!(encode_packet(&mut Vec::new(), &packet(MIN_PACKET_FRAME - 1)).is_err());
+        assert!(encode_packet(&mut Vec::new(), &packet(MAX_PACKET_FRAME + 1)).is_err());
     }
 
     /// Every byte string of a pseudo-random corpus decodes without panic.

@@ -1,18 +1,22 @@
 //! cvpn-proto: the wire protocol spoken over a TLS 1.3 stream negotiated with
 //! ALPN `cvpn/1`.
 //!
-//! The stream is a sequence of frames: a 4-byte header (type, flags, 16-bit
-//! big-endian payload length) and the payload. A packet frame carries one IP
-//! packet; a control frame carries one JSON control message. The decoder is
+//! The stream is a sequence of frames: a 4-byte header (type, 24-bit
+//! big-endian payload length) and the payload. A packet frame carries a
+//! virtio-net header and one IP packet; a control frame carries one JSON
+//! control message. The decoder is
 //! pure and total: any byte string yields a frame, "need more", or an error.
 
 pub mod control;
 pub mod frame;
+pub mod vnet;
 
 pub use control::{ClientHello, Control, EndpointConfig};
 pub use frame::{
-    Frame, FrameError, HEADER_LEN, MAX_CONTROL, MAX_PACKET, decode, encode_control, encode_packet,
+    Frame, FrameError, HEADER_LEN, MAX_CONTROL, MAX_PACKET, MAX_PACKET_FRAME, decode,
+    encode_control, encode_packet,
 };
+pub use vnet::{VNET_HDR_LEN, VnetHdr};
 
 /// The ALPN protocol id; a peer that does not offer it is refused.
 pub const ALPN: &[u8] = b"cvpn/1";

@@ -36,7 +36,11 @@ fn hostile_peers_lose_only_their_own_connection() {
     raw_tls(&tb, "\\011\\000\\000\\024", true);
     gw.wait_for("bad hello: unknown frame type 9", 10);
     // A packet frame before the hello.
-    raw_tls(&tb, "\\001\\000\\000\\024AAAAAAAAAAAAAAAAAAAA", true);
+    raw_tls(
+        &tb,
+        "\\001\\000\\000\\036AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        true,
+    );
     gw.wait_for("bad hello: packet before hello", 10);
     // A hello, then a frame with a hostile length.
     raw_tls(

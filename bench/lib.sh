@@ -1,0 +1,85 @@
+# Shared pieces of the benchmark scripts: the testbed and measurements.
+# Sourced, not run. Namespaces are named after the running script's PID.
+
+BENCH_ID=${BENCH_ID:-$$}
+NS_C=cvpnb-$BENCH_ID-client
+NS_G=cvpnb-$BENCH_ID-gw
+NS_T=cvpnb-$BENCH_ID-target
+TARGET=192.168.1.20
+GW_OUT=198.18.0.1
+ENI=192.168.1.1
+
+in_c() { ip netns exec "$NS_C" "$@"; }
+in_g() { ip netns exec "$NS_G" "$@"; }
+in_t() { ip netns exec "$NS_T" "$@"; }
+
+testbed_up() {
+  testbed_down
+  for n in "$NS_C" "$NS_G" "$NS_T"; do ip netns add "$n"; ip -n "$n" link set lo up; done
+  ip -n "$NS_C" link add eth0 type veth peer name eth0 netns "$NS_G"
+  ip -n "$NS_G" link add eth1 type veth peer name eth0 netns "$NS_T"
+  ip -n "$NS_C" addr add 198.18.0.2/24 dev eth0
+  ip -n "$NS_G" addr add $GW_OUT/24 dev eth0
+  ip -n "$NS_G" addr add $ENI/24 dev eth1
+  ip -n "$NS_T" addr add $TARGET/24 dev eth0
+  ip -n "$NS_C" link set eth0 up; ip -n "$NS_G" link set eth0 up
+  ip -n "$NS_G" link set eth1 up; ip -n "$NS_T" link set eth0 up
+}
+
+testbed_down() {
+  for n in "$NS_C" "$NS_G" "$NS_T"; do
+    if ip netns pids "$n" >/dev/null 2>&1; then
+      for p in $(ip netns pids "$n" 2>/dev/null); do kill "$p" 2>/dev/null; done
+      sleep 0.3
+      for p in $(ip netns pids "$n" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+      ip netns del "$n" 2>/dev/null
+    fi
+  done
+  return 0
+}
+
+# SNAT from a tunnel's client range to the ENI address, as every system gets.
+snat_for() {
+  in_g nft -f - <<NFT
+table ip bench_nat {
+  chain postrouting { type nat hook postrouting priority srcnat; policy accept;
+    ip saddr $1 oifname "eth1" snat to $ENI
+  }
+}
+NFT
+  in_g sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'
+}
+
+snat_off() { in_g nft delete table ip bench_nat 2>/dev/null || true; }
+
+# iperf3 against the target: prints Gbit/s. Args: extra iperf3 flags.
+iperf_gbps() {
+  in_t iperf3 -s -1 -D -p 5201 >/dev/null 2>&1
+  sleep 0.3
+  local json
+  json=$(in_c timeout $((BENCH_SECONDS + 20)) iperf3 -c $TARGET -p 5201 -t "$BENCH_SECONDS" -O 1 -J "$@" 2>/dev/null) || { echo "nan"; return; }
+  python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.3f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))' <<<"$json" 2>/dev/null || echo nan
+}
+
+# Median RTT in ms of 20 pings.
+ping_ms() {
+  in_c ping -n -c 20 -i 0.05 -W 2 $TARGET 2>/dev/null |
+    sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' | sort -n |
+    awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+
+# Median of the arguments (nan ignored).
+median() {
+  printf '%s\n' "$@" | grep -v nan | sort -g |
+    awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'
+}
+
+# Waits until the client can ping the target; fails after $1 seconds.
+wait_ping() {
+  local deadline=$((SECONDS + $1))
+  while ((SECONDS < deadline)); do
+    in_c ping -n -c 1 -W 1 $TARGET >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  return 1
+}
