@@ -58,12 +58,12 @@ iperf_gbps() {
   sleep 0.3
   local json
   json=$(in_c timeout $((BENCH_SECONDS + 20)) iperf3 -c $TARGET -p 5201 -t "$BENCH_SECONDS" -O 1 -J "$@" 2>/dev/null) || { echo "nan"; return; }
-  python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.3f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))' <<<"$json" 2>/dev/null || echo nan
+  jq -r '.end.sum_received.bits_per_second / 1e9 * 1000 | floor / 1000' <<<"$json" 2>/dev/null || echo nan
 }
 
 # Median RTT in ms of 20 pings.
 ping_ms() {
-  in_c ping -n -c 20 -i 0.05 -W 2 $TARGET 2>/dev/null |
+  in_c ping -n -c 20 -i ${PING_INTERVAL:-0.05} -W 2 $TARGET 2>/dev/null |
     sed -n 's/.*time=\([0-9.]*\) ms.*/\1/p' | sort -n |
     awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'
 }

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Throughput and latency of cvpn beside OpenVPN 2.6 (UDP, TCP), ocserv with
+# openconnect (TLS only, DTLS) and plain kernel forwarding with SNAT, on the
+# same three namespaces (client, gateway, target), in one run. Prints one
+# table of medians and cvpn's ratio to each system. Needs root.
+#
+#   bash bench/bench.sh [--runs N] [--seconds S] [--systems "cvpn plain ..."]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=3
+BENCH_SECONDS=5
+SYSTEMS="plain cvpn openvpn-udp openvpn-tcp ocserv-tls ocserv-dtls"
+while (($#)); do
+  case $1 in
+    --runs) RUNS=$2; shift 2 ;;
+    --seconds) BENCH_SECONDS=$2; shift 2 ;;
+    --systems) SYSTEMS=$2; shift 2 ;;
+    *) echo "usage: $0 [--runs N] [--seconds S] [--systems LIST]" >&2; exit 2 ;;
+  esac
+done
+
+bash scripts/deps.sh
+missing=()
+for p in openvpn ocserv openconnect vpnc-scripts jq iperf3; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+cargo build --release --workspace --bins -q
+BIN=$PWD/target/release
+
+source bench/lib.sh
+source bench/systems.sh
+WORK=$(mktemp -d /tmp/cvpn-bench.XXXXXX)
+cleanup() { stop_all 2>/dev/null || true; testbed_down; rm -rf "$WORK"; }
+trap cleanup EXIT INT TERM
+testbed_up
+"$BIN/cvpn-pki" --dir "$WORK/pki" init --cn "Bench CA" >/dev/null
+"$BIN/cvpn-pki" --dir "$WORK/pki" issue server vpn.example.com --ip $GW_OUT >/dev/null
+"$BIN/cvpn-pki" --dir "$WORK/pki" issue client bench >/dev/null
+
+declare -A UP DOWN UP4 RTT
+measure() { # measure NAME: RUNS rounds of each test on the running system
+  local up=() down=() up4=() rtt=() i
+  for ((i = 0; i < RUNS; i++)); do
+    up+=("$(iperf_gbps)")
+    down+=("$(iperf_gbps -R)")
+    up4+=("$(iperf_gbps -P 4)")
+    rtt+=("$(ping_ms)")
+  done
+  UP[$1]=$(median "${up[@]}"); DOWN[$1]=$(median "${down[@]}")
+  UP4[$1]=$(median "${up4[@]}"); RTT[$1]=$(median "${rtt[@]}")
+  echo "  $1: up ${up[*]} | down ${down[*]} | up x4 ${up4[*]} | rtt ${rtt[*]} ms" >&2
+}
+
+for s in $SYSTEMS; do
+  echo "== $s" >&2
+  case $s in
+    plain) start_plain && measure plain; stop_plain ;;
+    cvpn) start_cvpn && measure cvpn; stop_cvpn ;;
+    openvpn-udp) start_openvpn udp && measure $s; stop_openvpn ;;
+    openvpn-tcp) start_openvpn tcp && measure $s; stop_openvpn ;;
+    ocserv-tls) start_ocserv tls && measure $s; stop_ocserv ;;
+    ocserv-dtls) start_ocserv dtls && measure $s; stop_ocserv ;;
+    *) echo "unknown system $s" >&2; exit 2 ;;
+  esac
+done
+
+CONNECT=nan
+if [[ " $SYSTEMS " == *" cvpn "* ]]; then
+  cvpn_config; start_cvpn_gateway
+  times=()
+  for ((i = 0; i < RUNS + 2; i++)); do times+=("$(cvpn_connect_ms)"); sleep 0.3; done
+  echo "  connect to first ping: ${times[*]} ms" >&2
+  CONNECT=$(median "${times[@]}")
+  stop_all
+fi
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.1fx", a / b }'; }
+echo
+echo "Medians of $RUNS runs, ${BENCH_SECONDS}s each, iperf3 TCP client -> target (up) and target -> client (down); $(nproc) cores."
+echo
+printf '| %-24s | %12s | %12s | %12s | %10s |\n' system "up Gbit/s" "down Gbit/s" "up x4 Gbit/s" "RTT ms"
+printf '|%s|%s|%s|%s|%s|\n' "--------------------------" "-------------:" "-------------:" "-------------:" "-----------:"
+for s in $SYSTEMS; do
+  printf '| %-24s | %12s | %12s | %12s | %10s |\n' "$s" "${UP[$s]:-nan}" "${DOWN[$s]:-nan}" "${UP4[$s]:-nan}" "${RTT[$s]:-nan}"
+done
+if [[ -n "${UP[cvpn]:-}" ]]; then
+  echo
+  printf '| %-24s | %12s | %12s | %12s |\n' "cvpn / system" "up" "down" "up x4"
+  printf '|%s|%s|%s|%s|\n' "--------------------------" "-------------:" "-------------:" "-------------:"
+  for s in $SYSTEMS; do
+    [ "$s" = cvpn ] && continue
+    printf '| %-24s | %12s | %12s | %12s |\n' "cvpn / $s" "$(ratio "${UP[cvpn]}" "${UP[$s]:-nan}")" \
+      "$(ratio "${DOWN[cvpn]}" "${DOWN[$s]:-nan}")" "$(ratio "${UP4[cvpn]}" "${UP4[$s]:-nan}")"
+  done
+  echo
+  echo "cvpn-client start to first answered ping: median $CONNECT ms"
+fi
