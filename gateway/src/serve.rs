@@ -26,6 +26,8 @@ use crate::control;
 use crate::session::{self, Admitted, TUNNEL_MTU};
 
 pub const TUN_NAME: &str = "cvpn-gw0";
+/// Packets the kernel may queue for the gateway to read from its tun device.
+const TUN_QUEUE_LEN: u32 = 10_000;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Gateway {
@@ -134,6 +136,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let gateway_addr = pool.gateway_address();
     let netmask = ipnet::Ipv4Net::new(gateway_addr, config.client_cidr.prefix_len())?.netmask();
     let tun = cvpn_tundev::TunDevice::create(TUN_NAME, gateway_addr, netmask, TUNNEL_MTU)?;
+    netsetup::set_txqueuelen(TUN_NAME, TUN_QUEUE_LEN).await?;
 
     let mut host = HostState {
         applied: None,

@@ -193,16 +193,29 @@ async fn await_packet(s: &mut Session, done: impl Fn(&[u8]) -> bool) -> Result<(
     }
 }
 
+/// Echo request through the session until a reply comes back: up to
+/// three tries, as ping would, since the tunnel carries datagrams that a
+/// full queue on the way may drop.
 async fn ping(s: &mut Session, dst: Ipv4Addr, id: u16) -> Result<()> {
     let me = s.config.address;
-    let mut out = BytesMut::new();
-    encode_packet(&mut out, &icmp::echo_frame(me, dst, id, 1))?;
-    s.tls.write_all(&out).await?;
-    s.tls.flush().await?;
-    await_packet(s, |p| {
-        icmp::is_echo_reply(p.get(cvpn_proto::VNET_HDR_LEN..).unwrap_or(&[]), me, id, 1)
-    })
-    .await
+    for seq in 1..=3u16 {
+        let mut out = BytesMut::new();
+        encode_packet(&mut out, &icmp::echo_frame(me, dst, id, seq))?;
+        s.tls.write_all(&out).await?;
+        s.tls.flush().await?;
+        let reply = await_packet(s, |p| {
+            icmp::is_echo_reply(
+                p.get(cvpn_proto::VNET_HDR_LEN..).unwrap_or(&[]),
+                me,
+                id,
+                seq,
+            )
+        });
+        if let Ok(r) = timeout(Duration::from_secs(2), reply).await {
+            return r;
+        }
+    }
+    bail!("no echo reply")
 }
 
 async fn run_session(

@@ -105,6 +105,22 @@ pub async fn eni_addresses(targets: &[TargetNetwork]) -> Result<Vec<Ipv4Addr>, S
     Ok(out)
 }
 
+/// Lengthens the tun device's queue: replies to thousands of clients
+/// arrive in bursts, and the default of 500 packets drops some of them
+/// before the gateway reads them.
+pub async fn set_txqueuelen(name: &str, len: u32) -> Result<(), SetupError> {
+    let nl = |e: rtnetlink::Error| SetupError::Netlink(e.to_string());
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| SetupError::Netlink(e.to_string()))?;
+    let task = tokio::spawn(conn);
+    let msg = rtnetlink::LinkUnspec::new_with_name(name)
+        .txqueuelen(len)
+        .build();
+    let result = handle.link().set(msg).execute().await.map_err(nl);
+    task.abort();
+    result
+}
+
 /// What `apply` changed, to undo at exit.
 pub struct Applied {
     ip_forward_before: String,
