@@ -34,25 +34,8 @@ max=$((SESSIONS > HANDSHAKES ? SESSIONS : HANDSHAKES))
 t0=$(date +%s)
 "$BIN/cvpn-pki" --dir "$WORK/pki" issue client load --count "$max" >/dev/null
 echo "issued $max client certificates in $(( $(date +%s) - t0 )) s" >&2
-cat >"$WORK/endpoint.toml" <<TOML
-listen = "$GW_OUT:443"
-client_cidr = "10.240.0.0/16"
-control_socket = "$WORK/cvpn-gw.sock"
-
-[tls]
-cert = "$WORK/pki/issued/vpn.example.com.crt"
-key = "$WORK/pki/private/vpn.example.com.key"
-client_ca = "$WORK/pki/ca.crt"
-crl = "$WORK/pki/crl.pem"
-
-[[target_networks]]
-id = "tn-a"
-interface = "eth1"
-vpc_cidr = "192.168.1.0/24"
-
-[[authorization_rules]]
-destination = "0.0.0.0/0"
-TOML
+# Room for every session: a /16 of client addresses.
+cvpn_config 10.240.0.0/16
 # The target answers pings from every session: the echo probe crosses the
 # real data path (policy, tun, SNAT, conntrack) and back.
 in_t sh -c 'echo 0 > /proc/sys/net/ipv4/icmp_ratelimit'

@@ -32,10 +32,10 @@ stop_plain() {
 }
 
 # --- cvpn
-cvpn_config() {
+cvpn_config() { # cvpn_config [CLIENT_CIDR]: endpoint.toml, and bench.ovpnx if a "bench" client exists
   cat >"$WORK/endpoint.toml" <<TOML
 listen = "$GW_OUT:443"
-client_cidr = "10.250.0.0/22"
+client_cidr = "${1:-10.250.0.0/22}"
 control_socket = "$WORK/cvpn-gw.sock"
 
 [tls]
@@ -52,6 +52,7 @@ vpc_cidr = "192.168.1.0/24"
 [[authorization_rules]]
 destination = "0.0.0.0/0"
 TOML
+  [ -f "$WORK/pki/issued/bench.crt" ] || return 0
   "$BIN/cvpn-gw" export-profile --config "$WORK/endpoint.toml" --pki "$WORK/pki" --client bench \
     --remote $GW_OUT:443 --out "$WORK/bench.ovpnx" 2>/dev/null
 }

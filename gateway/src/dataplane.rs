@@ -15,6 +15,8 @@ use bytes::BytesMut;
 use cvpn_proto::{Control, VNET_HDR_LEN, encode_control, encode_packet};
 use tokio::sync::Notify;
 
+use crate::connlog::{Event, Record, Traffic};
+
 /// A session's outbox holds at most this much; past it packets are dropped
 /// (as a full interface queue would) so a slow client cannot eat memory.
 pub const OUTBOX_LIMIT: usize = 2 * 1024 * 1024;
@@ -133,6 +135,28 @@ pub struct SessionHandle {
 }
 
 impl SessionHandle {
+    /// A connection-log record of this session.
+    pub fn record(&self, event: Event) -> Record {
+        Record {
+            connection_id: self.connection_id.clone(),
+            common_name: Some(self.common_name.clone()),
+            client_ip: Some(self.address),
+            device: self.device,
+            start: self.started,
+            event,
+        }
+    }
+
+    pub fn traffic(&self) -> Traffic {
+        let c = &self.counters;
+        Traffic {
+            ingress_bytes: c.ingress_bytes.load(Ordering::Relaxed),
+            egress_bytes: c.egress_bytes.load(Ordering::Relaxed),
+            ingress_packets: c.ingress_packets.load(Ordering::Relaxed),
+            egress_packets: c.egress_packets.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn terminate(&self, reason: &str) {
         let mut r = self.end_reason.lock().unwrap_or_else(|p| p.into_inner());
         if r.is_none() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use cvpn_gw::config::RouteTarget;
-use cvpn_gw::connlog::{Event, Record, Traffic};
+use cvpn_gw::connlog::{Event, Record};
 use cvpn_gw::dataplane::{Counters, Outbox, SessionHandle};
 use cvpn_gw::icmp::{self, Unreachable};
 use cvpn_gw::policy::{GroupMask, Policy, Verdict};
@@ -136,14 +136,7 @@ where
         end_reason: std::sync::Mutex::new(None),
     });
     gw.registry.insert(handle.clone());
-    gw.log(&Record {
-        connection_id: handle.connection_id.clone(),
-        common_name: Some(handle.common_name.clone()),
-        client_ip: Some(address),
-        device: who.device,
-        start: who.start,
-        event: Event::Connected,
-    });
+    gw.log(&handle.record(Event::Connected));
     info!(
         connection_id = %handle.connection_id, common_name = %handle.common_name,
         groups = ?who.identity.groups, client_ip = %address, device_ip = %who.device,
@@ -179,26 +172,12 @@ where
         wr.shutdown().await
     })
     .await;
-    let c = &handle.counters;
-    let traffic = Traffic {
-        ingress_bytes: c.ingress_bytes.load(Ordering::Relaxed),
-        egress_bytes: c.egress_bytes.load(Ordering::Relaxed),
-        ingress_packets: c.ingress_packets.load(Ordering::Relaxed),
-        egress_packets: c.egress_packets.load(Ordering::Relaxed),
-    };
     info!(connection_id = %handle.connection_id, common_name = %handle.common_name, %reason, "session ended");
-    gw.log(&Record {
-        connection_id: handle.connection_id.clone(),
-        common_name: Some(handle.common_name.clone()),
-        client_ip: Some(address),
-        device: who.device,
-        start: who.start,
-        event: Event::Ended {
-            end: time::OffsetDateTime::now_utc(),
-            reason,
-            traffic,
-        },
-    });
+    gw.log(&handle.record(Event::Ended {
+        end: time::OffsetDateTime::now_utc(),
+        reason,
+        traffic: handle.traffic(),
+    }));
 }
 
 /// Reads frames from the client and applies the policy to every packet.

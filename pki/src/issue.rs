@@ -127,6 +127,24 @@ impl Ca {
         KeyType::of(&self.key).unwrap_or_default()
     }
 
+    /// The parameters every leaf shares: serial, validity, CN, key usage
+    /// for `key_type`, the one extended key usage, authority key id.
+    fn leaf_params(
+        name: &str,
+        days: u32,
+        key_type: KeyType,
+        eku: ExtendedKeyUsagePurpose,
+    ) -> Result<([u8; 20], CertificateParams), PkiError> {
+        check_days(days)?;
+        let serial = random_serial()?;
+        let mut p = base_params(&serial, days, now());
+        p.distinguished_name = cn_only(name);
+        p.extended_key_usages = vec![eku];
+        p.key_usages = leaf_key_usages(key_type);
+        p.use_authority_key_identifier_extension = true;
+        Ok((serial, p))
+    }
+
     /// A server certificate: serverAuth, `name` and `dns` as DNS SANs, `ips`
     /// as IP SANs.
     pub fn issue_server(
@@ -137,20 +155,14 @@ impl Ca {
         days: u32,
         key_type: KeyType,
     ) -> Result<Issued, PkiError> {
-        check_days(days)?;
-        let serial = random_serial()?;
-        let now = now();
-        let mut p = base_params(&serial, days, now);
-        p.distinguished_name = cn_only(name);
+        let (serial, mut p) =
+            Self::leaf_params(name, days, key_type, ExtendedKeyUsagePurpose::ServerAuth)?;
         let mut sans = vec![SanType::DnsName(name.try_into()?)];
         for d in dns.iter().filter(|d| d.as_str() != name) {
             sans.push(SanType::DnsName(d.as_str().try_into()?));
         }
         sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         p.subject_alt_names = sans;
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        p.key_usages = leaf_key_usages(key_type);
-        p.use_authority_key_identifier_extension = true;
         let key = key_type.generate()?;
         let cert = p.signed_by(&key, &self.issuer()?)?;
         Ok(Issued {
@@ -169,14 +181,8 @@ impl Ca {
         days: u32,
         key_type: KeyType,
     ) -> Result<Issued, PkiError> {
-        check_days(days)?;
-        let serial = random_serial()?;
-        let now = now();
-        let mut p = base_params(&serial, days, now);
-        p.distinguished_name = cn_only(name);
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        p.key_usages = leaf_key_usages(key_type);
-        p.use_authority_key_identifier_extension = true;
+        let (serial, p) =
+            Self::leaf_params(name, days, key_type, ExtendedKeyUsagePurpose::ClientAuth)?;
         let key = key_type.generate()?;
         let cert = p.signed_by(&key, &self.issuer()?)?;
         let der = if groups.is_empty() {

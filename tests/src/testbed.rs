@@ -212,6 +212,16 @@ target = "tn-a"
         p
     }
 
+    /// `cvpn-gw connections --json`: live sessions and drop counters.
+    pub fn connections(&self) -> serde_json::Value {
+        let out = crate::ok(
+            std::process::Command::new(bin("cvpn-gw"))
+                .args(["connections", "--json", "--control"])
+                .arg(self.control_socket()),
+        );
+        serde_json::from_str(&out).expect("connections --json")
+    }
+
     pub fn helper(&self) -> PathBuf {
         bin("cvpn-e2e-helper")
     }

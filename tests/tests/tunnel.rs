@@ -82,6 +82,15 @@ fn split_tunnel_reaches_target_and_peered_network() {
         seen.contains(&format!("peer={ENI}\n")),
         "target saw: {seen}"
     );
+    // The stream crossed as segmentation-offload frames, not 1500-byte packets.
+    let v = tb.connections();
+    let session = &v["connections"][0];
+    let average = session["egress-bytes"].as_u64().unwrap()
+        / session["egress-packets"].as_u64().unwrap().max(1);
+    assert!(
+        average > 3000,
+        "average packet to the client {average} bytes: {v}"
+    );
 
     // Leaving removes every route and the tun device.
     assert_eq!(client.stop(), 0, "{}", client.output());
