@@ -112,6 +112,9 @@ pub async fn serve(config: Config) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let policy = Policy::compile(&config).context("authorization_rules")?;
+    if let Some(m) = config.metrics_listen {
+        warn!(metrics_listen = %m, "metrics_listen is accepted but this version serves no metrics endpoint yet; use `cvpn-gw connections --json`");
+    }
     // Each client is a socket: thousands of them need more than the usual
     // soft limit of 1024 descriptors.
     if let Ok(n) = rlimit::increase_nofile_limit(u64::MAX) {
