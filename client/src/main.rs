@@ -110,6 +110,14 @@ async fn connect(path: &Path, once: bool) -> Result<()> {
                         if once {
                             return Ok(());
                         }
+                        // Not at once: an endpoint that is restarting
+                        // needs a moment, and many clients must not
+                        // stampede it.
+                        eprintln!("cvpn-client: reconnecting in {}s", backoff.as_secs());
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = signals.any() => return Ok(()),
+                        }
                         continue;
                     }
                     Some(Err(e)) => e,

@@ -177,7 +177,9 @@ pub async fn serve(config: Config) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(tun_reader(gw.clone()));
     tasks.spawn(crl_watcher(gw.clone()));
-    tasks.spawn(accept_loop(gw.clone(), listener));
+    // Kept apart: on shutdown it stops first, so no client is admitted
+    // while the others are being told to leave.
+    let acceptor = tokio::spawn(accept_loop(gw.clone(), listener));
     tasks.spawn(control);
 
     let outcome = tokio::select! {
@@ -189,6 +191,8 @@ pub async fn serve(config: Config) -> Result<()> {
             _ => Err(anyhow!("a gateway task stopped")),
         },
     };
+    acceptor.abort();
+    let _ = acceptor.await;
     for s in gw.registry.all() {
         s.terminate("endpoint shutting down");
     }
