@@ -15,8 +15,7 @@ use cvpn_gw::icmp::{self, Unreachable};
 use cvpn_gw::policy::{GroupMask, Policy, Verdict};
 use cvpn_pki::ClientIdentity;
 use cvpn_proto::{
-    ClientHello, Control, EndpointConfig, Frame, PROTOCOL_VERSION, VNET_HDR_LEN, decode,
-    encode_control, vnet,
+    Control, EndpointConfig, Frame, PROTOCOL_VERSION, VNET_HDR_LEN, decode, encode_control, vnet,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
@@ -142,13 +141,9 @@ where
         groups = ?who.identity.groups, client_ip = %address, device_ip = %who.device,
         os = %hello.os, "client connected"
     );
-    handle
-        .outbox
-        .push_control(&Control::Config(gw.endpoint_config(
-            address,
-            &handle.connection_id,
-            &hello,
-        )));
+    handle.outbox.push_control(&Control::Config(
+        gw.endpoint_config(address, &handle.connection_id),
+    ));
 
     let groups = gw.policy.load().group_mask(&who.identity.groups);
     let reason = tokio::select! {
@@ -355,12 +350,7 @@ async fn gateway_to_client<W: AsyncWrite + Unpin>(wr: &mut W, outbox: &Outbox) -
 }
 
 impl Gateway {
-    pub fn endpoint_config(
-        &self,
-        address: Ipv4Addr,
-        connection_id: &str,
-        _hello: &ClientHello,
-    ) -> EndpointConfig {
+    pub fn endpoint_config(&self, address: Ipv4Addr, connection_id: &str) -> EndpointConfig {
         let routes = if self.config.split_tunnel {
             self.config.routes.iter().map(|r| r.destination).collect()
         } else {

@@ -64,14 +64,17 @@ fn groups_of(name: &X509Name<'_>) -> Vec<String> {
         .collect()
 }
 
-/// The serial without the sign octet DER may add, in upper-case hex.
-fn serial_of(cert: &X509Certificate<'_>) -> String {
-    let raw = cert.raw_serial();
+/// A DER serial without the sign octet DER may add, in upper-case hex.
+fn serial_text(raw: &[u8]) -> String {
     let trimmed = match raw {
         [0, rest @ ..] if !rest.is_empty() => rest,
         _ => raw,
     };
     serial_hex(trimmed)
+}
+
+fn serial_of(cert: &X509Certificate<'_>) -> String {
+    serial_text(cert.raw_serial())
 }
 
 pub fn inspect_cert(der: &[u8]) -> Result<CertInfo, InspectError> {
@@ -137,14 +140,7 @@ pub fn crl_serials(der: &[u8]) -> Result<Vec<String>, InspectError> {
         CertificateRevocationList::from_der(der).map_err(|e| InspectError(e.to_string()))?;
     Ok(crl
         .iter_revoked_certificates()
-        .map(|r| {
-            let raw = r.raw_serial();
-            let trimmed = match raw {
-                [0, rest @ ..] if !rest.is_empty() => rest,
-                _ => raw,
-            };
-            serial_hex(trimmed)
-        })
+        .map(|r| serial_text(r.raw_serial()))
         .collect())
 }
 
