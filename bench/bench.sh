@@ -19,23 +19,9 @@ while (($#)); do
   esac
 done
 
-bash scripts/deps.sh
-missing=()
-for p in openvpn ocserv openconnect vpnc-scripts jq iperf3; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
-cargo build --release --workspace --bins -q
-BIN=$PWD/target/release
-
 source bench/lib.sh
 source bench/systems.sh
-WORK=$(mktemp -d /tmp/cvpn-bench.XXXXXX)
-cleanup() { stop_all 2>/dev/null || true; testbed_down; rm -rf "$WORK"; }
-trap cleanup EXIT INT TERM
-testbed_up
+bench_prepare cvpn-bench openvpn ocserv openconnect vpnc-scripts jq iperf3
 "$BIN/cvpn-pki" --dir "$WORK/pki" init --cn "Bench CA" >/dev/null
 "$BIN/cvpn-pki" --dir "$WORK/pki" issue server vpn.example.com --ip $GW_OUT >/dev/null
 "$BIN/cvpn-pki" --dir "$WORK/pki" issue client bench >/dev/null

@@ -83,3 +83,21 @@ wait_ping() {
   done
   return 1
 }
+
+# Everything a bench script needs before it starts: Debian packages, release
+# binaries ($BIN), the testbed and a work directory ($WORK) removed on exit.
+bench_prepare() { # bench_prepare WORK_PREFIX EXTRA_PACKAGES...
+  bash scripts/deps.sh
+  local missing=() p
+  for p in "${@:2}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+  cargo build --release --workspace --bins -q
+  BIN=$PWD/target/release
+  WORK=$(mktemp -d "/tmp/$1.XXXXXX")
+  trap 'stop_all 2>/dev/null || true; testbed_down; rm -rf "$WORK"' EXIT INT TERM
+  testbed_up
+}

@@ -19,15 +19,9 @@ while (($#)); do
     *) echo "usage: $0 [--sessions N] [--handshakes N] [--concurrency C] [--runs R]" >&2; exit 2 ;;
   esac
 done
-bash scripts/deps.sh
-cargo build --release --workspace --bins -q
-BIN=$PWD/target/release
 source bench/lib.sh
 source bench/systems.sh
-WORK=$(mktemp -d /tmp/cvpn-load.XXXXXX)
-cleanup() { stop_all 2>/dev/null || true; testbed_down; rm -rf "$WORK"; }
-trap cleanup EXIT INT TERM
-testbed_up
+bench_prepare cvpn-load jq
 max=$((SESSIONS > HANDSHAKES ? SESSIONS : HANDSHAKES))
 "$BIN/cvpn-pki" --dir "$WORK/pki" init --cn "Load CA" >/dev/null
 "$BIN/cvpn-pki" --dir "$WORK/pki" issue server vpn.example.com --ip $GW_OUT >/dev/null

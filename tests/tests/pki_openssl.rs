@@ -16,22 +16,27 @@ fn x509_text(path: &std::path::Path) -> String {
     ok(openssl(&["x509", "-noout", "-text", "-in"]).arg(path))
 }
 
+/// A server with extra SANs and a client in two groups.
+fn issue_pair(pki: &Pki) {
+    pki.ok(&[
+        "issue",
+        "server",
+        "vpn.example.com",
+        "--dns",
+        "vpn2.example.com",
+        "--ip",
+        "198.18.0.1",
+    ]);
+    pki.ok(&[
+        "issue", "client", "alice", "--group", "eng", "--group", "ops",
+    ]);
+}
+
 #[test]
 fn openssl_accepts_every_key_type() {
     for key_type in ["ecdsa-p256", "ed25519", "rsa-2048"] {
         let pki = Pki::new(&["--cn", "Test CA", "--key-type", key_type]);
-        pki.ok(&[
-            "issue",
-            "server",
-            "vpn.example.com",
-            "--dns",
-            "vpn2.example.com",
-            "--ip",
-            "198.18.0.1",
-        ]);
-        pki.ok(&[
-            "issue", "client", "alice", "--group", "eng", "--group", "ops",
-        ]);
+        issue_pair(&pki);
         let ca = pki.path("ca.crt");
         for name in ["vpn.example.com", "alice"] {
             let out = ok(openssl(&["verify", "-CAfile"]).arg(&ca).arg(pki.cert(name)));
@@ -52,18 +57,7 @@ fn openssl_accepts_every_key_type() {
 #[test]
 fn extensions_sans_and_groups() {
     let pki = Pki::new(&[]);
-    pki.ok(&[
-        "issue",
-        "server",
-        "vpn.example.com",
-        "--dns",
-        "vpn2.example.com",
-        "--ip",
-        "198.18.0.1",
-    ]);
-    pki.ok(&[
-        "issue", "client", "alice", "--group", "eng", "--group", "ops",
-    ]);
+    issue_pair(&pki);
 
     let server = x509_text(&pki.cert("vpn.example.com"));
     assert!(server.contains("TLS Web Server Authentication"), "{server}");
