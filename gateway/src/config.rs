@@ -215,14 +215,22 @@ impl Validator {
         self.problems.push((key.into(), why.into()));
     }
 
-    fn config(&mut self, raw: RawConfig, base: &Path) -> Config {
-        let cidr = raw.client_cidr;
-        if cidr != cidr.trunc() {
+    /// The network of `net`; a CIDR written with host bits is a problem
+    /// under `key` (it is usually a typo for another network).
+    fn network(&mut self, key: impl Into<String>, net: Ipv4Net) -> Ipv4Net {
+        let trunc = net.trunc();
+        if net != trunc {
             self.bad(
-                "client_cidr",
-                format!("{cidr} has host bits set (did you mean {}?)", cidr.trunc()),
+                key,
+                format!("{net} has host bits set (did you mean {trunc}?)"),
             );
         }
+        trunc
+    }
+
+    fn config(&mut self, raw: RawConfig, base: &Path) -> Config {
+        let cidr = raw.client_cidr;
+        self.network("client_cidr", cidr);
         if !(MIN_CLIENT_PREFIX..=MAX_CLIENT_PREFIX).contains(&cidr.prefix_len()) {
             self.bad(
                 "client_cidr",
@@ -339,13 +347,7 @@ impl Validator {
             .collect();
         for (i, r) in raw.into_iter().enumerate() {
             let key = |k: &str| format!("routes[{i}].{k}");
-            let dest = r.destination.trunc();
-            if r.destination != dest {
-                self.bad(
-                    key("destination"),
-                    format!("{} has host bits set (did you mean {dest}?)", r.destination),
-                );
-            }
+            let dest = self.network(key("destination"), r.destination);
             let target = if r.target == "local" {
                 if dest != cidr {
                     self.bad(
@@ -398,13 +400,7 @@ impl Validator {
         let mut out = Vec::new();
         for (i, r) in raw.into_iter().enumerate() {
             let key = |k: &str| format!("authorization_rules[{i}].{k}");
-            let dest = r.destination.trunc();
-            if r.destination != dest {
-                self.bad(
-                    key("destination"),
-                    format!("{} has host bits set (did you mean {dest}?)", r.destination),
-                );
-            }
+            let dest = self.network(key("destination"), r.destination);
             let access_group = match (r.access_group, r.all_users) {
                 (Some(_), Some(true)) => {
                     self.bad(
