@@ -25,6 +25,7 @@ bench_prepare cvpn-bench openvpn ocserv openconnect vpnc-scripts jq iperf3
 "$BIN/cvpn-pki" --dir "$WORK/pki" init --cn "Bench CA" >/dev/null
 "$BIN/cvpn-pki" --dir "$WORK/pki" issue server vpn.example.com --ip $GW_OUT >/dev/null
 "$BIN/cvpn-pki" --dir "$WORK/pki" issue client bench >/dev/null
+"$BIN/cvpn-pki" --dir "$WORK/pki" issue client bench2 >/dev/null
 
 declare -A UP DOWN UP4 RTT
 measure() { # measure NAME: RUNS rounds of each test on the running system
@@ -54,6 +55,7 @@ for s in $SYSTEMS; do
 done
 
 CONNECT=nan
+CORES=()
 if [[ " $SYSTEMS " == *" cvpn "* ]]; then
   cvpn_config; start_cvpn_gateway
   times=()
@@ -61,6 +63,13 @@ if [[ " $SYSTEMS " == *" cvpn "* ]]; then
   echo "  connect to first ping: ${times[*]} ms" >&2
   CONNECT=$(median "${times[@]}")
   stop_all
+  echo "== cvpn, one client then two (one stream up each)" >&2
+  testbed_second_client
+  CORES=()
+  for ((i = 0; i < RUNS; i++)); do
+    mapfile -t -O "${#CORES[@]}" CORES < <(cvpn_cores)
+    stop_all
+  done
 fi
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.1fx", a / b }'; }
@@ -83,4 +92,7 @@ if [[ -n "${UP[cvpn]:-}" ]]; then
   done
   echo
   echo "cvpn-client start to first answered ping: median $CONNECT ms"
+  echo
+  echo "Gateway CPU (100% = one of $(nproc) cores; busy threads in brackets) with one and two clients:"
+  printf '  %s\n' "${CORES[@]}"
 fi

@@ -3,6 +3,7 @@
 
 BENCH_ID=${BENCH_ID:-$$}
 NS_C=cvpnb-$BENCH_ID-client
+NS_C2=cvpnb-$BENCH_ID-client2
 NS_G=cvpnb-$BENCH_ID-gw
 NS_T=cvpnb-$BENCH_ID-target
 TARGET=192.168.1.20
@@ -10,6 +11,7 @@ GW_OUT=198.18.0.1
 ENI=192.168.1.1
 
 in_c() { ip netns exec "$NS_C" "$@"; }
+in_c2() { ip netns exec "$NS_C2" "$@"; }
 in_g() { ip netns exec "$NS_G" "$@"; }
 in_t() { ip netns exec "$NS_T" "$@"; }
 
@@ -26,8 +28,18 @@ testbed_up() {
   ip -n "$NS_G" link set eth1 up; ip -n "$NS_T" link set eth0 up
 }
 
+# A second client, 198.18.2.2, behind the gateway's eth2 (198.18.2.1).
+testbed_second_client() {
+  ip netns add "$NS_C2"; ip -n "$NS_C2" link set lo up
+  ip -n "$NS_C2" link add eth0 type veth peer name eth2 netns "$NS_G"
+  ip -n "$NS_C2" addr add 198.18.2.2/24 dev eth0
+  ip -n "$NS_G" addr add 198.18.2.1/24 dev eth2
+  ip -n "$NS_C2" link set eth0 up; ip -n "$NS_G" link set eth2 up
+  ip -n "$NS_C2" route add default via 198.18.2.1
+}
+
 testbed_down() {
-  for n in "$NS_C" "$NS_G" "$NS_T"; do
+  for n in "$NS_C" "$NS_C2" "$NS_G" "$NS_T"; do
     if ip netns pids "$n" >/dev/null 2>&1; then
       for p in $(ip netns pids "$n" 2>/dev/null); do kill "$p" 2>/dev/null; done
       sleep 0.3

@@ -140,3 +140,50 @@ CONF
   fi
 }
 stop_ocserv() { stop_all; snat_off; }
+
+# CPU time a process used while a command ran, in percent of one core: the
+# total, then each busy thread's share ("71% (40% + 31%)").
+thread_ticks() { for s in /proc/"$1"/task/*/stat; do awk '{print $1, $14 + $15}' "$s"; done 2>/dev/null; }
+cpu_percent_during() { # cpu_percent_during PID CMD...
+  local t0 t1 before after
+  before=$(thread_ticks "$1"); t0=$(date +%s%N)
+  "${@:2}"
+  after=$(thread_ticks "$1"); t1=$(date +%s%N)
+  awk -v hz="$(getconf CLK_TCK)" -v s="$(((t1 - t0) / 1000000))" '
+    NR == FNR { b[$1] = $2; next }
+    { p = ($2 - b[$1]) / hz / (s / 1000) * 100; total += p; if (p >= 5) busy[++n] = p }
+    END { printf "%.0f%% (", total; for (i = 1; i <= n; i++) printf "%s%.0f%%", (i > 1 ? " + " : ""), busy[i]; print ")" }
+  ' <(echo "$before") <(echo "$after")
+}
+
+# iperf3 up from each client at once; writes "Gbit/s-total" to $WORK/multi.gbps.
+iperf_both_clients() {
+  in_t iperf3 -s -1 -D -p 5201 >/dev/null 2>&1; in_t iperf3 -s -1 -D -p 5202 >/dev/null 2>&1
+  sleep 0.3
+  in_c timeout $((BENCH_SECONDS + 20)) iperf3 -c $TARGET -p 5201 -t "$BENCH_SECONDS" -O 1 -J >"$WORK/multi1.json" 2>/dev/null &
+  local p1=$!
+  in_c2 timeout $((BENCH_SECONDS + 20)) iperf3 -c $TARGET -p 5202 -t "$BENCH_SECONDS" -O 1 -J >"$WORK/multi2.json" 2>/dev/null
+  wait $p1
+  jq -s '[.[].end.sum_received.bits_per_second] | add / 1e9 * 1000 | floor / 1000' \
+    "$WORK/multi1.json" "$WORK/multi2.json" >"$WORK/multi.gbps" 2>/dev/null || echo nan >"$WORK/multi.gbps"
+}
+iperf_one_client() { iperf_gbps >"$WORK/multi.gbps"; }
+
+# The gateway with one client, then two, each sending one stream: total
+# Gbit/s and the gateway's CPU (100% = one core). Prints two lines.
+cvpn_cores() {
+  cvpn_config; start_cvpn_gateway
+  local gw=${bg_pids[-1]} cpu
+  "$BIN/cvpn-gw" export-profile --config "$WORK/endpoint.toml" --pki "$WORK/pki" --client bench2 \
+    --remote $GW_OUT:443 --out "$WORK/bench2.ovpnx" 2>/dev/null
+  spawn "$WORK/cvpn-client.log" "$NS_C" "$BIN/cvpn-client" connect "$WORK/bench.ovpnx"
+  wait_ping 20 || return 1
+  cpu=$(cpu_percent_during "$gw" iperf_one_client)
+  echo "one client: $(cat "$WORK/multi.gbps") Gbit/s, gateway CPU $cpu"
+  spawn "$WORK/cvpn-client2.log" "$NS_C2" "$BIN/cvpn-client" connect "$WORK/bench2.ovpnx"
+  local deadline=$((SECONDS + 20))
+  until in_c2 ping -n -c 1 -W 1 $TARGET >/dev/null 2>&1; do ((SECONDS < deadline)) || return 1; sleep 0.1; done
+  cpu=$(cpu_percent_during "$gw" iperf_both_clients)
+  echo "two clients: $(cat "$WORK/multi.gbps") Gbit/s, gateway CPU $cpu"
+  stop_all
+}

@@ -11,8 +11,8 @@ use cvpn_client::netsetup::dns::{self, Dns};
 use cvpn_client::netsetup::routes::{self, Netlink};
 use cvpn_client::profile::{Profile, Remote};
 use cvpn_proto::{
-    ClientHello, Control, EndpointConfig, Frame, PROTOCOL_VERSION, decode, encode_control,
-    encode_packet,
+    ClientHello, Control, EndpointConfig, Frame, PROTOCOL_VERSION, Transport, decode,
+    encode_control, encode_packet,
 };
 use cvpn_tundev::TunDevice;
 use ipnet::Ipv4Net;
@@ -40,6 +40,7 @@ pub struct Connected {
     pub server_name: String,
     /// Bytes read after the configuration message.
     pub leftover: BytesMut,
+    pub transport: Transport,
 }
 
 async fn open(profile: &Profile, remote: &Remote, config: Arc<ClientConfig>) -> Result<Connected> {
@@ -61,7 +62,7 @@ async fn open(profile: &Profile, remote: &Remote, config: Arc<ClientConfig>) -> 
                 continue;
             }
         };
-        tcp.set_nodelay(true)?;
+        let transport = cvpn_proto::Transport::new(&tcp)?;
         let connector = tokio_rustls::TlsConnector::from(config.clone());
         let mut stream = timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
             .await
@@ -94,6 +95,7 @@ async fn open(profile: &Profile, remote: &Remote, config: Arc<ClientConfig>) -> 
                 .clone()
                 .unwrap_or_else(|| remote.host.clone()),
             leftover: buf,
+            transport,
         });
     }
     Err(last)
@@ -236,6 +238,7 @@ pub async fn run<S>(
     stream: &mut S,
     leftover: BytesMut,
     tun: &TunDevice,
+    transport: &mut Transport,
     keepalive: Duration,
 ) -> Result<String>
 where
@@ -245,7 +248,7 @@ where
     let idle = keepalive * 3 + Duration::from_secs(5);
     tokio::select! {
         r = endpoint_to_tun(&mut rd, leftover, tun, idle) => r,
-        r = tun_to_endpoint(&mut wr, tun, keepalive) => r,
+        r = tun_to_endpoint(&mut wr, tun, transport, keepalive) => r,
     }
 }
 
@@ -288,6 +291,7 @@ async fn endpoint_to_tun<R: AsyncRead + Unpin>(
 async fn tun_to_endpoint<W: AsyncWrite + Unpin>(
     wr: &mut W,
     tun: &TunDevice,
+    transport: &mut Transport,
     keepalive: Duration,
 ) -> Result<String> {
     let mut packet = vec![0u8; cvpn_proto::MAX_PACKET_FRAME];
@@ -316,6 +320,7 @@ async fn tun_to_endpoint<W: AsyncWrite + Unpin>(
         wr.flush()
             .await
             .map_err(|e| anyhow!("connection lost: {e}"))?;
+        transport.wrote();
         out.clear();
     }
 }

@@ -222,7 +222,7 @@ async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) -> Result<()> {
 }
 
 async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
+    let transport = cvpn_proto::Transport::new(&tcp);
     let start = time::OffsetDateTime::now_utc();
     let fail = |reason: String, cn: Option<String>| Record {
         connection_id: session::new_connection_id(),
@@ -260,9 +260,17 @@ async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
                 .await;
         }
     };
+    let transport = match transport {
+        Ok(t) => t,
+        Err(e) => {
+            let why = format!("cannot set up the connection's socket: {e}");
+            return gw.refuse(&mut stream, fail(why, None)).await;
+        }
+    };
     session::run(
         gw,
         stream,
+        transport,
         Admitted {
             identity,
             device: peer,

@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod frame;
+pub mod transport;
 pub mod vnet;
 
 pub use control::{ClientHello, Control, EndpointConfig};
@@ -16,6 +17,7 @@ pub use frame::{
     Frame, FrameError, HEADER_LEN, MAX_CONTROL, MAX_PACKET, MAX_PACKET_FRAME, decode,
     encode_control, encode_packet,
 };
+pub use transport::Transport;
 pub use vnet::{VNET_HDR_LEN, VnetHdr};
 
 /// The ALPN protocol id; a peer that does not offer it is refused.
