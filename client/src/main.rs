@@ -157,12 +157,11 @@ async fn session(c: Connected, signals: &mut Signals) -> Result<Option<Result<St
         mut stream,
         config,
         leftover,
-        mut transport,
         ..
     } = c;
     let keepalive = Duration::from_secs(u64::from(config.keepalive_secs.max(1)));
     let outcome = tokio::select! {
-        r = tunnel::run(&mut stream, leftover, &setup.tun, &mut transport, keepalive) => Some(r),
+        r = tunnel::run(&mut stream, leftover, &setup.tun, keepalive) => Some(r),
         _ = signals.any() => None,
     };
     if outcome.is_none() {

@@ -34,13 +34,12 @@ const READ_RESERVE: usize = cvpn_proto::HEADER_LEN + cvpn_proto::MAX_PACKET_FRAM
 const BATCH_BYTES: usize = 64 * 1024;
 
 pub struct Connected {
-    pub stream: TlsStream<TcpStream>,
+    pub stream: TlsStream<Transport<TcpStream>>,
     pub config: EndpointConfig,
     pub peer: SocketAddr,
     pub server_name: String,
     /// Bytes read after the configuration message.
     pub leftover: BytesMut,
-    pub transport: Transport,
 }
 
 async fn open(profile: &Profile, remote: &Remote, config: Arc<ClientConfig>) -> Result<Connected> {
@@ -62,7 +61,7 @@ async fn open(profile: &Profile, remote: &Remote, config: Arc<ClientConfig>) -> 
                 continue;
             }
         };
-        let transport = cvpn_proto::Transport::new(&tcp)?;
+        let tcp = Transport::new(tcp)?;
         let connector = tokio_rustls::TlsConnector::from(config.clone());
         let mut stream = timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
             .await
@@ -95,7 +94,6 @@ async fn open(profile: &Profile, remote: &Remote, config: Arc<ClientConfig>) -> 
                 .clone()
                 .unwrap_or_else(|| remote.host.clone()),
             leftover: buf,
-            transport,
         });
     }
     Err(last)
@@ -238,7 +236,6 @@ pub async fn run<S>(
     stream: &mut S,
     leftover: BytesMut,
     tun: &TunDevice,
-    transport: &mut Transport,
     keepalive: Duration,
 ) -> Result<String>
 where
@@ -248,7 +245,7 @@ where
     let idle = keepalive * 3 + Duration::from_secs(5);
     tokio::select! {
         r = endpoint_to_tun(&mut rd, leftover, tun, idle) => r,
-        r = tun_to_endpoint(&mut wr, tun, transport, keepalive) => r,
+        r = tun_to_endpoint(&mut wr, tun, keepalive) => r,
     }
 }
 
@@ -291,7 +288,6 @@ async fn endpoint_to_tun<R: AsyncRead + Unpin>(
 async fn tun_to_endpoint<W: AsyncWrite + Unpin>(
     wr: &mut W,
     tun: &TunDevice,
-    transport: &mut Transport,
     keepalive: Duration,
 ) -> Result<String> {
     let mut packet = vec![0u8; cvpn_proto::MAX_PACKET_FRAME];
@@ -320,7 +316,6 @@ async fn tun_to_endpoint<W: AsyncWrite + Unpin>(
         wr.flush()
             .await
             .map_err(|e| anyhow!("connection lost: {e}"))?;
-        transport.wrote();
         out.clear();
     }
 }

@@ -222,7 +222,6 @@ async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) -> Result<()> {
 }
 
 async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
-    let transport = cvpn_proto::Transport::new(&tcp);
     let start = time::OffsetDateTime::now_utc();
     let fail = |reason: String, cn: Option<String>| Record {
         connection_id: session::new_connection_id(),
@@ -231,6 +230,10 @@ async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         device: peer,
         start,
         event: Event::Failed { reason },
+    };
+    let tcp = match cvpn_proto::Transport::new(tcp) {
+        Ok(t) => t,
+        Err(e) => return gw.log(&fail(format!("cannot tune the connection: {e}"), None)),
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(gw.tls.load_full());
     let mut stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -260,17 +263,9 @@ async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
                 .await;
         }
     };
-    let transport = match transport {
-        Ok(t) => t,
-        Err(e) => {
-            let why = format!("cannot set up the connection's socket: {e}");
-            return gw.refuse(&mut stream, fail(why, None)).await;
-        }
-    };
     session::run(
         gw,
         stream,
-        transport,
         Admitted {
             identity,
             device: peer,

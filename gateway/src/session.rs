@@ -15,8 +15,7 @@ use cvpn_gw::icmp::{self, Unreachable};
 use cvpn_gw::policy::{GroupMask, Policy, Verdict};
 use cvpn_pki::ClientIdentity;
 use cvpn_proto::{
-    Control, EndpointConfig, Frame, PROTOCOL_VERSION, Transport, VNET_HDR_LEN, decode,
-    encode_control, vnet,
+    Control, EndpointConfig, Frame, PROTOCOL_VERSION, VNET_HDR_LEN, decode, encode_control, vnet,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
@@ -83,7 +82,7 @@ pub struct Admitted {
 }
 
 /// Runs the session to its end and logs it.
-pub async fn run<S>(gw: Arc<Gateway>, stream: S, mut transport: Transport, who: Admitted)
+pub async fn run<S>(gw: Arc<Gateway>, stream: S, who: Admitted)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -149,7 +148,7 @@ where
     let groups = gw.policy.load().group_mask(&who.identity.groups);
     let reason = tokio::select! {
         r = client_to_gateway(&gw, &mut rd, rbuf, &handle, groups) => r,
-        r = gateway_to_client(&mut wr, &handle.outbox, &mut transport) => r,
+        r = gateway_to_client(&mut wr, &handle.outbox) => r,
         _ = handle.end.notified() => handle.reason().unwrap_or_else(|| "terminated".into()),
         _ = tokio::time::sleep(gw.config.session_timeout) => "session timeout".into(),
     };
@@ -332,11 +331,7 @@ type Reply = [u8; VNET_HDR_LEN + icmp::MAX_REPLY];
 
 /// Writes whatever the outbox holds, batched; a keepalive when idle, and
 /// then the buffers go back to the allocator.
-async fn gateway_to_client<W: AsyncWrite + Unpin>(
-    wr: &mut W,
-    outbox: &Outbox,
-    transport: &mut Transport,
-) -> String {
+async fn gateway_to_client<W: AsyncWrite + Unpin>(wr: &mut W, outbox: &Outbox) -> String {
     let mut spare = BytesMut::new();
     loop {
         if timeout(KEEPALIVE, outbox.take(&mut spare)).await.is_err() {
@@ -350,7 +345,6 @@ async fn gateway_to_client<W: AsyncWrite + Unpin>(
         if let Err(e) = wr.flush().await {
             return format!("write failed: {e}");
         }
-        transport.wrote();
         spare.clear();
     }
 }

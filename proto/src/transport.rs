@@ -12,29 +12,39 @@
 
 use std::io;
 use std::os::fd::AsFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const REARM_EVERY: Duration = Duration::from_millis(10);
 
-pub struct Transport {
-    /// A duplicate of the connection's descriptor, for socket options only.
-    socket: socket2::Socket,
+/// A connected TCP stream that keeps its ACKs delayed after each write.
+pub struct Transport<T> {
+    io: T,
     rearmed: Option<Instant>,
 }
 
-impl Transport {
+impl<T: AsFd> Transport<T> {
     /// Tunes a connected TCP socket.
-    pub fn new(tcp: &impl AsFd) -> io::Result<Self> {
-        let socket = socket2::Socket::from(tcp.as_fd().try_clone_to_owned()?);
-        socket.set_tcp_nodelay(true)?;
-        Ok(Self {
-            socket,
-            rearmed: None,
-        })
+    pub fn new(io: T) -> io::Result<Self> {
+        socket2::SockRef::from(&io).set_tcp_nodelay(true)?;
+        Ok(Self { io, rearmed: None })
     }
 
-    /// Call after each write: keeps ACKs riding on the peer's answers.
-    pub fn wrote(&mut self) {
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    /// Whether the socket is in delayed-ACK mode right now.
+    pub fn delays_acks(&self) -> io::Result<bool> {
+        socket2::SockRef::from(&self.io)
+            .tcp_quickack()
+            .map(|quick| !quick)
+    }
+
+    fn wrote(&mut self) {
         let now = Instant::now();
         if self
             .rearmed
@@ -44,35 +54,83 @@ impl Transport {
         }
         self.rearmed = Some(now);
         // Failing leaves the kernel's default behaviour: slower, not wrong.
-        let _ = self.socket.set_tcp_quickack(false);
+        let _ = socket2::SockRef::from(&self.io).set_tcp_quickack(false);
     }
 
-    /// Whether the socket is in delayed-ACK mode right now.
-    pub fn delays_acks(&self) -> io::Result<bool> {
-        self.socket.tcp_quickack().map(|quick| !quick)
+    fn after_write(&mut self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.wrote();
+        }
+        r
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Transport<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + AsFd + Unpin> AsyncWrite for Transport<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.after_write(r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.after_write(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
 
-    #[test]
-    fn a_write_puts_the_socket_back_in_delayed_ack_mode() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut server, _) = listener.accept().unwrap();
-        let mut t = Transport::new(&client).unwrap();
-        assert!(client.nodelay().unwrap());
+    #[tokio::test]
+    async fn a_write_puts_the_socket_back_in_delayed_ack_mode() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut t = Transport::new(client).unwrap();
+        assert!(t.get_ref().nodelay().unwrap());
         // A fresh connection starts in quick-ACK mode.
         assert!(!t.delays_acks().unwrap());
-        client.write_all(b"ping").unwrap();
-        t.wrote();
+        t.write_all(b"ping").await.unwrap();
         assert!(t.delays_acks().unwrap());
         let mut b = [0u8; 4];
-        server.read_exact(&mut b).unwrap();
+        server.read_exact(&mut b).await.unwrap();
         assert_eq!(&b, b"ping");
+        server.write_all(b"pong").await.unwrap();
+        t.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"pong");
     }
 }
