@@ -68,7 +68,6 @@ if [[ " $SYSTEMS " == *" cvpn "* ]]; then
   CORES=()
   for ((i = 0; i < RUNS; i++)); do
     mapfile -t -O "${#CORES[@]}" CORES < <(cvpn_cores)
-    stop_all
   done
 fi
 

@@ -156,7 +156,7 @@ cpu_percent_during() { # cpu_percent_during PID CMD...
   ' <(echo "$before") <(echo "$after")
 }
 
-# iperf3 up from each client at once; writes "Gbit/s-total" to $WORK/multi.gbps.
+# iperf3 up from each client at once; writes the total Gbit/s to $WORK/multi.gbps.
 iperf_both_clients() {
   in_t iperf3 -s -1 -D -p 5201 >/dev/null 2>&1; in_t iperf3 -s -1 -D -p 5202 >/dev/null 2>&1
   sleep 0.3
@@ -170,19 +170,20 @@ iperf_both_clients() {
 iperf_one_client() { iperf_gbps >"$WORK/multi.gbps"; }
 
 # The gateway with one client, then two, each sending one stream: total
-# Gbit/s and the gateway's CPU (100% = one core). Prints two lines.
+# Gbit/s and the gateway's CPU (100% = one core). Prints two lines. Runs in
+# a subshell (bench.sh reads its output), so it stops what it started itself.
 cvpn_cores() {
   cvpn_config; start_cvpn_gateway
   local gw=${bg_pids[-1]} cpu
   "$BIN/cvpn-gw" export-profile --config "$WORK/endpoint.toml" --pki "$WORK/pki" --client bench2 \
     --remote $GW_OUT:443 --out "$WORK/bench2.ovpnx" 2>/dev/null
   spawn "$WORK/cvpn-client.log" "$NS_C" "$BIN/cvpn-client" connect "$WORK/bench.ovpnx"
-  wait_ping 20 || return 1
+  wait_ping 20 || { stop_all; return 1; }
   cpu=$(cpu_percent_during "$gw" iperf_one_client)
   echo "one client: $(cat "$WORK/multi.gbps") Gbit/s, gateway CPU $cpu"
   spawn "$WORK/cvpn-client2.log" "$NS_C2" "$BIN/cvpn-client" connect "$WORK/bench2.ovpnx"
   local deadline=$((SECONDS + 20))
-  until in_c2 ping -n -c 1 -W 1 $TARGET >/dev/null 2>&1; do ((SECONDS < deadline)) || return 1; sleep 0.1; done
+  until in_c2 ping -n -c 1 -W 1 $TARGET >/dev/null 2>&1; do ((SECONDS < deadline)) || { stop_all; return 1; }; sleep 0.1; done
   cpu=$(cpu_percent_during "$gw" iperf_both_clients)
   echo "two clients: $(cat "$WORK/multi.gbps") Gbit/s, gateway CPU $cpu"
   stop_all
