@@ -86,11 +86,12 @@ median() {
     awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'
 }
 
-# Waits until the client can ping the target; fails after $1 seconds.
+# Waits until the client (or the namespace $2) can ping the target; fails
+# after $1 seconds.
 wait_ping() {
   local deadline=$((SECONDS + $1))
   while ((SECONDS < deadline)); do
-    in_c ping -n -c 1 -W 1 $TARGET >/dev/null 2>&1 && return 0
+    ip netns exec "${2:-$NS_C}" ping -n -c 1 -W 1 $TARGET >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   return 1

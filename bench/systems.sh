@@ -182,8 +182,7 @@ cvpn_cores() {
   cpu=$(cpu_percent_during "$gw" iperf_one_client)
   echo "one client: $(cat "$WORK/multi.gbps") Gbit/s, gateway CPU $cpu"
   spawn "$WORK/cvpn-client2.log" "$NS_C2" "$BIN/cvpn-client" connect "$WORK/bench2.ovpnx"
-  local deadline=$((SECONDS + 20))
-  until in_c2 ping -n -c 1 -W 1 $TARGET >/dev/null 2>&1; do ((SECONDS < deadline)) || { stop_all; return 1; }; sleep 0.1; done
+  wait_ping 20 "$NS_C2" || { stop_all; return 1; }
   cpu=$(cpu_percent_during "$gw" iperf_both_clients)
   echo "two clients: $(cat "$WORK/multi.gbps") Gbit/s, gateway CPU $cpu"
   stop_all
