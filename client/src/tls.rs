@@ -32,6 +32,8 @@ pub fn client_config(profile: &Profile) -> Result<Arc<ClientConfig>> {
         .with_client_auth_cert(chain, key)
         .context("<cert>/<key>: the key does not fit the certificate")?;
     config.alpn_protocols = vec![cvpn_proto::ALPN.to_vec()];
+    // The tunnel seals its records itself (cvpn_proto::tls).
+    config.enable_secret_extraction = true;
     Ok(Arc::new(config))
 }
 

@@ -11,17 +11,17 @@ use cvpn_client::netsetup::dns::{self, Dns};
 use cvpn_client::netsetup::routes::{self, Netlink};
 use cvpn_client::profile::{Profile, Remote};
 use cvpn_proto::{
-    ClientHello, Control, EndpointConfig, Frame, PROTOCOL_VERSION, Transport, decode,
+    ClientHello, Control, EndpointConfig, Frame, PROTOCOL_VERSION, TlsTunnel, Transport, decode,
     encode_control, encode_packet,
 };
 use cvpn_tundev::TunDevice;
 use ipnet::Ipv4Net;
 use rustls::ClientConfig;
+use rustls::client::ClientConnectionData;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_rustls::client::TlsStream;
 use tracing::{debug, warn};
 
 use crate::tls;
@@ -34,7 +34,7 @@ const READ_RESERVE: usize = cvpn_proto::HEADER_LEN + cvpn_proto::MAX_PACKET_FRAM
 const BATCH_BYTES: usize = 64 * 1024;
 
 pub struct Connected {
-    pub stream: TlsStream<Transport<TcpStream>>,
+    pub stream: TlsTunnel<Transport<TcpStream>, ClientConnectionData>,
     pub config: EndpointConfig,
     pub peer: SocketAddr,
     pub server_name: String,
@@ -62,12 +62,12 @@ async fn open(profile: &Profile, remote: &Remote, config: Arc<ClientConfig>) -> 
             }
         };
         let tcp = Transport::new(tcp)?;
-        let connector = tokio_rustls::TlsConnector::from(config.clone());
-        let mut stream = timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
+        let handshake = cvpn_proto::tls::connect(tcp, config.clone(), name.clone());
+        let mut stream = timeout(CONNECT_TIMEOUT, handshake)
             .await
             .map_err(|_| anyhow!("{addr}: TLS handshake timed out"))?
             .map_err(|e| anyhow!("{addr}: TLS handshake failed: {e}"))?;
-        if stream.get_ref().1.alpn_protocol() != Some(cvpn_proto::ALPN) {
+        if stream.alpn_protocol() != Some(cvpn_proto::ALPN) {
             bail!("{addr}: the server did not negotiate ALPN cvpn/1: not a cvpn endpoint");
         }
         let mut hello = BytesMut::new();

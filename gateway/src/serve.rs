@@ -235,8 +235,8 @@ async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         Ok(t) => t,
         Err(e) => return gw.log(&fail(format!("cannot tune the connection: {e}"), None)),
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(gw.tls.load_full());
-    let mut stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let handshake = cvpn_proto::tls::accept(tcp, gw.tls.load_full());
+    let mut stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let rec = fail(format!("TLS handshake failed: {e}"), None);
@@ -245,14 +245,13 @@ async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         }
         Err(_) => return gw.log(&fail("TLS handshake timed out".into(), None)),
     };
-    let (_, conn) = stream.get_ref();
-    if conn.alpn_protocol() != Some(cvpn_proto::ALPN) {
+    if stream.alpn_protocol() != Some(cvpn_proto::ALPN) {
         let why = "client did not negotiate ALPN cvpn/1 (not a cvpn client?)".to_string();
         return gw.refuse(&mut stream, fail(why, None)).await;
     }
-    let identity = match conn
+    let identity = match stream
         .peer_certificates()
-        .and_then(|c| c.first())
+        .first()
         .map(|c| cvpn_pki::client_identity(c))
     {
         Some(Ok(id)) => id,

@@ -73,5 +73,9 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         .with_single_cert(chain, key)
         .map_err(|e| file_err(&files.key, e))?;
     config.alpn_protocols = vec![cvpn_proto::ALPN.to_vec()];
+    // The tunnel seals its records itself (cvpn_proto::tls) with the
+    // secrets rustls negotiates; nothing resumes sessions.
+    config.enable_secret_extraction = true;
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }

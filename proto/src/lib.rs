@@ -9,6 +9,8 @@
 
 pub mod control;
 pub mod frame;
+pub mod record;
+pub mod tls;
 pub mod transport;
 pub mod vnet;
 
@@ -17,6 +19,7 @@ pub use frame::{
     Frame, FrameError, HEADER_LEN, MAX_CONTROL, MAX_PACKET, MAX_PACKET_FRAME, decode,
     encode_control, encode_packet,
 };
+pub use tls::{TlsError, TlsTunnel};
 pub use transport::Transport;
 pub use vnet::{VNET_HDR_LEN, VnetHdr};
 

@@ -1,0 +1,529 @@
+//! The tunnel's TLS 1.3 stream. rustls runs the handshake (its unbuffered
+//! API) and then hands over the traffic secrets through its kernel
+//! connection API; from there `record` seals and opens records in this
+//! stream's own buffers, and rustls is asked only for the next secrets when
+//! either side updates its keys.
+//!
+//! The stream is what both ends of the tunnel read and write; the load tool
+//! keeps stock tokio-rustls, so every load test is also an interoperability
+//! test of this record layer against rustls'.
+
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::kernel::KernelConnection;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{ConnectionState, EncodeError, UnbufferedStatus};
+use rustls::{AlertDescription, ClientConfig, ExtractedSecrets, ServerConfig};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::record::{self, ALERT, APPLICATION_DATA, HANDSHAKE, RecordError, RecordKey};
+
+/// Read buffer of an idle stream; it grows to BUSY_READ while reads fill it.
+const IDLE_READ: usize = 4 * 1024;
+const BUSY_READ: usize = 256 * 1024;
+/// Sealed bytes a writer may queue before it waits for the socket.
+const WRITE_HIGH: usize = 512 * 1024;
+/// What a drained write buffer keeps of its allocation.
+const WRITE_KEEP: usize = 64 * 1024;
+
+const KEY_UPDATE: u8 = 24;
+const NEW_SESSION_TICKET: u8 = 4;
+const CLOSE_NOTIFY: [u8; 2] = [1, 0];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(transparent)]
+    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("connection closed during the TLS handshake")]
+    Closed,
+}
+
+impl From<TlsError> for io::Error {
+    fn from(e: TlsError) -> Self {
+        match e {
+            TlsError::Io(e) => e,
+            e => io::Error::new(io::ErrorKind::InvalidData, e),
+        }
+    }
+}
+
+/// Either end's unbuffered rustls connection, as the handshake driver
+/// needs it.
+trait Handshaking {
+    type Data;
+    fn common(&self) -> &rustls::CommonState;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn into_kernel(self)
+    -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), rustls::Error>;
+}
+
+impl Handshaking for UnbufferedServerConnection {
+    fn common(&self) -> &rustls::CommonState {
+        self
+    }
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn into_kernel(
+        self,
+    ) -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), rustls::Error> {
+        self.dangerous_into_kernel_connection()
+    }
+}
+
+impl Handshaking for UnbufferedClientConnection {
+    fn common(&self) -> &rustls::CommonState {
+        self
+    }
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn into_kernel(
+        self,
+    ) -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), rustls::Error> {
+        self.dangerous_into_kernel_connection()
+    }
+}
+
+/// Server side: runs the handshake on `io`. The configuration must have
+/// `enable_secret_extraction` set.
+pub async fn accept<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+    config: Arc<ServerConfig>,
+) -> Result<TlsTunnel<T, ServerConnectionData>, TlsError> {
+    handshake(io, UnbufferedServerConnection::new(config)?).await
+}
+
+/// Client side: runs the handshake on `io`, checking the server's
+/// certificate against `name`.
+pub async fn connect<T: AsyncRead + AsyncWrite + Unpin>(
+    io: T,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> Result<TlsTunnel<T, ClientConnectionData>, TlsError> {
+    handshake(io, UnbufferedClientConnection::new(config, name)?).await
+}
+
+async fn handshake<T, C>(mut io: T, mut conn: C) -> Result<TlsTunnel<T, C::Data>, TlsError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    C: Handshaking,
+{
+    let mut incoming = vec![0u8; IDLE_READ];
+    let mut filled = 0;
+    let mut outgoing = Vec::new();
+    // Application data that arrived with the handshake's last flight.
+    let mut early = Vec::new();
+    loop {
+        let UnbufferedStatus { discard, state } = conn.process(&mut incoming[..filled]);
+        let next = match state {
+            Err(e) => Next::Fail(e),
+            Ok(ConnectionState::EncodeTlsData(mut enc)) => {
+                // An empty buffer makes rustls say how much room it needs.
+                let need = match enc.encode(&mut []) {
+                    Err(EncodeError::InsufficientSize(s)) => s.required_size,
+                    Ok(_) => 0,
+                    Err(e) => return Err(rustls::Error::General(e.to_string()).into()),
+                };
+                let at = outgoing.len();
+                outgoing.resize(at + need, 0);
+                if need > 0 {
+                    enc.encode(&mut outgoing[at..])
+                        .map_err(|e| rustls::Error::General(e.to_string()))?;
+                }
+                Next::Process
+            }
+            Ok(ConnectionState::TransmitTlsData(tx)) => {
+                tx.done();
+                Next::Transmit
+            }
+            Ok(ConnectionState::ReadTraffic(mut rd)) => {
+                while let Some(r) = rd.next_record() {
+                    early.extend_from_slice(r?.payload);
+                }
+                Next::Process
+            }
+            Ok(ConnectionState::WriteTraffic(_)) => Next::Traffic,
+            Ok(ConnectionState::BlockedHandshake) => Next::Read,
+            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
+                return Err(TlsError::Closed);
+            }
+            Ok(other) => {
+                return Err(rustls::Error::General(format!("unexpected {other:?}")).into());
+            }
+        };
+        incoming.copy_within(discard..filled, 0);
+        filled -= discard;
+        match next {
+            Next::Process => {}
+            Next::Fail(e) => {
+                send_alert(&mut io, &mut conn, &mut incoming[..filled]).await;
+                return Err(e.into());
+            }
+            Next::Transmit => {
+                io.write_all(&outgoing).await?;
+                io.flush().await?;
+                outgoing.clear();
+            }
+            // With client authentication the server may send before the
+            // client's certificate is checked; the handshake is done when
+            // both directions are open.
+            Next::Traffic if !conn.common().is_handshaking() => {
+                incoming.truncate(filled);
+                return TlsTunnel::new(io, conn, incoming, early);
+            }
+            Next::Traffic | Next::Read => {
+                if filled == incoming.len() {
+                    incoming.resize(incoming.len() * 2, 0);
+                }
+                match io.read(&mut incoming[filled..]).await? {
+                    0 => return Err(TlsError::Closed),
+                    n => filled += n,
+                }
+            }
+        }
+    }
+}
+
+/// What the handshake driver does once rustls' state is handled.
+enum Next {
+    Process,
+    Transmit,
+    Read,
+    Traffic,
+    Fail(rustls::Error),
+}
+
+/// After a failed handshake rustls has an alert queued: tell the peer why.
+async fn send_alert<T: AsyncWrite + Unpin, C: Handshaking>(
+    io: &mut T,
+    conn: &mut C,
+    incoming: &mut [u8],
+) {
+    let mut out = vec![0u8; 512];
+    let status = conn.process(incoming);
+    if let Ok(ConnectionState::EncodeTlsData(mut enc)) = status.state
+        && let Ok(n) = enc.encode(&mut out)
+    {
+        let _ = io.write_all(&out[..n]).await;
+        let _ = io.flush().await;
+    }
+}
+
+/// An established tunnel stream: AsyncRead/AsyncWrite of the plaintext.
+pub struct TlsTunnel<T, D> {
+    io: T,
+    keys: KernelConnection<D>,
+    rx: RecordKey,
+    tx: RecordKey,
+    /// Update our sending key after this many records.
+    rekey_at: u64,
+    /// The peer asked us to update our key too (owed before our next data).
+    key_update_owed: bool,
+    peer_certificates: Vec<CertificateDer<'static>>,
+    alpn: Option<Vec<u8>>,
+    /// Received bytes: `rbuf[rpos..filled]` not yet opened, `plain` the
+    /// opened content not yet read. Kept initialised, so reads need no
+    /// unsafe code.
+    rbuf: Vec<u8>,
+    rpos: usize,
+    filled: usize,
+    plain: Range<usize>,
+    last_read: usize,
+    peer_closed: bool,
+    /// Sealed bytes, `wbuf[wpos..]` not yet written.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    close_sent: bool,
+}
+
+impl<T, D> TlsTunnel<T, D> {
+    fn new<C>(io: T, conn: C, leftover: Vec<u8>, early: Vec<u8>) -> Result<Self, TlsError>
+    where
+        C: Handshaking<Data = D>,
+    {
+        let peer_certificates = conn
+            .common()
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let alpn = conn.common().alpn_protocol().map(<[u8]>::to_vec);
+        let (secrets, keys) = conn.into_kernel()?;
+        let limit = keys
+            .negotiated_cipher_suite()
+            .tls13()
+            .map(|s| s.common.confidentiality_limit)
+            .ok_or_else(|| rustls::Error::General("the tunnel is TLS 1.3 only".into()))?;
+        let filled = leftover.len();
+        let mut rbuf = leftover;
+        // The early application data goes in front, as if just opened.
+        let plain = 0..early.len();
+        rbuf.splice(0..0, early);
+        rbuf.resize(rbuf.len().max(IDLE_READ), 0);
+        Ok(Self {
+            io,
+            rx: RecordKey::new(&secrets.rx.1, secrets.rx.0)?,
+            tx: RecordKey::new(&secrets.tx.1, secrets.tx.0)?,
+            keys,
+            rekey_at: limit / 2,
+            key_update_owed: false,
+            peer_certificates,
+            alpn,
+            rpos: plain.end,
+            filled: plain.end + filled,
+            plain,
+            rbuf,
+            last_read: 0,
+            peer_closed: false,
+            wbuf: Vec::new(),
+            wpos: 0,
+            close_sent: false,
+        })
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    /// The peer's certificate chain, leaf first.
+    pub fn peer_certificates(&self) -> &[CertificateDer<'static>] {
+        &self.peer_certificates
+    }
+
+    /// Records sealed under the current sending key: a key update starts
+    /// it again at zero.
+    pub fn records_sent_under_current_key(&self) -> u64 {
+        self.tx.seq()
+    }
+
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.alpn.as_deref()
+    }
+
+    /// Opens the record at the front of the read buffer if it is whole.
+    /// Ok(false): more bytes are needed.
+    fn open_next(&mut self) -> Result<bool, TlsError> {
+        let avail = &mut self.rbuf[self.rpos..self.filled];
+        let n = match record::record_len(avail)? {
+            Some(n) if n <= avail.len() => n,
+            _ => return Ok(false),
+        };
+        let (typ, content) = record::open(&mut self.rx, &mut avail[..n])?;
+        let content = self.rpos + content.start..self.rpos + content.end;
+        self.rpos += n;
+        match typ {
+            APPLICATION_DATA => self.plain = content,
+            HANDSHAKE => {
+                let msg = self.rbuf[content].to_vec();
+                self.on_handshake(&msg)?;
+            }
+            ALERT => match &self.rbuf[content] {
+                m if m == CLOSE_NOTIFY => self.peer_closed = true,
+                [_, d] => {
+                    let why = AlertDescription::from(*d);
+                    return Err(rustls::Error::AlertReceived(why).into());
+                }
+                _ => return Err(invalid("malformed alert")),
+            },
+            t => return Err(invalid(&format!("unexpected record content type {t}"))),
+        }
+        Ok(true)
+    }
+
+    /// Post-handshake messages: key updates; session tickets are not used.
+    fn on_handshake(&mut self, mut msg: &[u8]) -> Result<(), TlsError> {
+        while let [typ, a, b, c, rest @ ..] = msg {
+            let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
+            let Some((body, next)) = rest.split_at_checked(len) else {
+                return Err(invalid("handshake message split across records"));
+            };
+            match (*typ, body) {
+                (KEY_UPDATE, [req @ (0 | 1)]) if next.is_empty() => {
+                    let (seq, secrets) = self.keys.update_rx_secret()?;
+                    self.rx = RecordKey::new(&secrets, seq)?;
+                    self.key_update_owed |= *req == 1;
+                }
+                (NEW_SESSION_TICKET, _) => {}
+                _ => return Err(invalid("unexpected post-handshake message")),
+            }
+            msg = next;
+        }
+        if msg.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid("truncated handshake message"))
+        }
+    }
+
+    /// Sends a key update first when the peer asked for one or our key is
+    /// near its confidentiality limit.
+    fn rekey_if_due(&mut self) -> Result<(), TlsError> {
+        if !self.key_update_owed && self.tx.seq() < self.rekey_at {
+            return Ok(());
+        }
+        record::seal(
+            &mut self.tx,
+            HANDSHAKE,
+            &[KEY_UPDATE, 0, 0, 1, 0],
+            &mut self.wbuf,
+        );
+        let (seq, secrets) = self.keys.update_tx_secret()?;
+        self.tx = RecordKey::new(&secrets, seq)?;
+        self.key_update_owed = false;
+        Ok(())
+    }
+}
+
+fn invalid(what: &str) -> TlsError {
+    TlsError::Io(io::Error::new(io::ErrorKind::InvalidData, what.to_string()))
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin, D: Unpin> TlsTunnel<T, D> {
+    /// Reads more bytes from the socket behind what is buffered.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.rpos > 0 {
+            self.rbuf.copy_within(self.rpos..self.filled, 0);
+            self.filled -= self.rpos;
+            self.rpos = 0;
+            self.plain = 0..0;
+        }
+        // Room for a whole record at least; more while reads fill the buffer.
+        let mut want = if self.last_read * 2 >= self.rbuf.len() {
+            (self.rbuf.len() * 2).min(BUSY_READ)
+        } else {
+            self.rbuf.len()
+        };
+        if let Ok(Some(n)) = record::record_len(&self.rbuf[..self.filled]) {
+            want = want.max(n);
+        }
+        if self.rbuf.len() < want {
+            self.rbuf.resize(want, 0);
+        }
+        let mut rb = ReadBuf::new(&mut self.rbuf[self.filled..]);
+        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+            Poll::Pending => {
+                // Idle: give the busy-time buffer back.
+                if self.filled == 0 && self.rbuf.len() > IDLE_READ && self.last_read < IDLE_READ / 2
+                {
+                    self.rbuf = vec![0; IDLE_READ];
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed connection without sending TLS close_notify",
+                    )));
+                }
+                self.filled += n;
+                self.last_read = n;
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    /// Writes out what is sealed.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.wpos < self.wbuf.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wpos += n;
+        }
+        let sent = self.wpos;
+        self.wbuf.clear();
+        self.wpos = 0;
+        if self.wbuf.capacity() > WRITE_KEEP && sent < WRITE_KEEP / 4 {
+            self.wbuf = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin, D: Unpin> AsyncRead for TlsTunnel<T, D> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.plain.is_empty() {
+                let n = this.plain.len().min(out.remaining());
+                out.put_slice(&this.rbuf[this.plain.start..this.plain.start + n]);
+                this.plain.start += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.peer_closed {
+                return Poll::Ready(Ok(()));
+            }
+            if !this.open_next()? {
+                ready!(this.poll_fill(cx))?;
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin, D: Unpin> AsyncWrite for TlsTunnel<T, D> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.wbuf.len() - this.wpos >= WRITE_HIGH {
+            ready!(this.poll_drain(cx))?;
+        }
+        this.rekey_if_due()?;
+        let n = data.len().min(WRITE_HIGH);
+        record::seal(&mut this.tx, APPLICATION_DATA, &data[..n], &mut this.wbuf);
+        // Sent at once as far as the socket takes it; the rest goes out
+        // with the next write or the flush.
+        if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_sent {
+            this.rekey_if_due()?;
+            record::seal(&mut this.tx, ALERT, &CLOSE_NOTIFY, &mut this.wbuf);
+            this.close_sent = true;
+        }
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
