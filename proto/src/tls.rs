@@ -27,6 +27,8 @@ use crate::record::{self, ALERT, APPLICATION_DATA, HANDSHAKE, RecordError, Recor
 /// Read buffer of an idle stream; it grows to BUSY_READ while reads fill it.
 const IDLE_READ: usize = 4 * 1024;
 const BUSY_READ: usize = 256 * 1024;
+/// Most the handshake may buffer of an incomplete message.
+const MAX_HANDSHAKE_BUFFER: usize = 256 * 1024;
 /// Sealed bytes a writer may queue before it waits for the socket.
 const WRITE_HIGH: usize = 512 * 1024;
 /// What a drained write buffer keeps of its allocation.
@@ -195,6 +197,11 @@ where
             }
             Next::Traffic | Next::Read => {
                 if filled == incoming.len() {
+                    // rustls refuses handshake messages over 64 KiB long
+                    // before this: the cap only bounds a confused peer.
+                    if filled >= MAX_HANDSHAKE_BUFFER {
+                        return Err(invalid("handshake message too large"));
+                    }
                     incoming.resize(incoming.len() * 2, 0);
                 }
                 match io.read(&mut incoming[filled..]).await? {
