@@ -7,6 +7,7 @@ pub mod connlog;
 pub mod dataplane;
 pub mod export;
 pub mod icmp;
+pub mod metrics;
 pub mod netsetup;
 pub mod policy;
 pub mod pool;

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use cvpn_gw::config::Config;
 use cvpn_gw::connlog::{ConnLog, Event, Record};
 use cvpn_gw::dataplane::{self, Drops, Registry};
+use cvpn_gw::metrics::Tally;
 use cvpn_gw::netsetup::{self, nft};
 use cvpn_gw::policy::Policy;
 use cvpn_gw::pool::Pool;
@@ -22,8 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use crate::control;
 use crate::session::{self, Admitted, TUNNEL_MTU};
+use crate::{control, metrics_http};
 
 pub const TUN_NAME: &str = "cvpn-gw0";
 /// Packets the kernel may queue for the gateway to read from its tun device.
@@ -40,6 +41,7 @@ pub struct Gateway {
     pub connlog: Option<ConnLog>,
     pub gateway_addr: Ipv4Addr,
     pub drops: Drops,
+    pub tally: Tally,
 }
 
 impl Gateway {
@@ -58,6 +60,7 @@ impl Gateway {
     }
 
     pub fn log(&self, record: &Record) {
+        self.tally.count(&record.event);
         if let Some(l) = &self.connlog {
             l.write(record);
         }
@@ -112,9 +115,6 @@ pub async fn serve(config: Config) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let policy = Policy::compile(&config).context("authorization_rules")?;
-    if let Some(m) = config.metrics_listen {
-        warn!(metrics_listen = %m, "metrics_listen is accepted but this version serves no metrics endpoint yet; use `cvpn-gw connections --json`");
-    }
     // Each client is a socket: thousands of them need more than the usual
     // soft limit of 1024 descriptors.
     if let Ok(n) = rlimit::increase_nofile_limit(u64::MAX) {
@@ -168,9 +168,14 @@ pub async fn serve(config: Config) -> Result<()> {
         connlog,
         gateway_addr,
         drops: Drops::default(),
+        tally: Tally::default(),
         config,
     });
     let control = control::listen(gw.clone()).await?;
+    let metrics = match gw.config.metrics_listen {
+        Some(addr) => Some(metrics_http::listen(gw.clone(), addr).await?),
+        None => None,
+    };
     info!(listen = %gw.config.listen, client_cidr = %gw.config.client_cidr, tun = TUN_NAME,
           eni = ?enis, "endpoint up");
 
@@ -181,6 +186,10 @@ pub async fn serve(config: Config) -> Result<()> {
     // while the others are being told to leave.
     let acceptor = tokio::spawn(accept_loop(gw.clone(), listener));
     tasks.spawn(control);
+    if let Some(m) = metrics {
+        info!(metrics_listen = ?gw.config.metrics_listen, "metrics at /metrics");
+        tasks.spawn(m);
+    }
 
     let outcome = tokio::select! {
         _ = term.recv() => { info!("SIGTERM: shutting down"); Ok(()) }

@@ -1,0 +1,77 @@
+//! The metrics listener (`metrics_listen`): `GET /metrics` over plain
+//! HTTP/1.x, one request per connection, as Prometheus scrapes. Bind it to
+//! a management address: it tells how many people are connected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use cvpn_gw::metrics::{self, Route, Snapshot};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::serve::Gateway;
+
+/// Most of a request the listener reads: the request line and headers.
+const MAX_REQUEST: u64 = 8 * 1024;
+
+/// Binds the listener and returns the task that serves it.
+pub async fn listen(
+    gw: Arc<Gateway>,
+    addr: std::net::SocketAddr,
+) -> Result<impl std::future::Future<Output = Result<()>>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics_listen: cannot bind {addr}"))?;
+    Ok(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let gw = gw.clone();
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(5), answer(&gw, stream)).await;
+            });
+        }
+    })
+}
+
+async fn answer(gw: &Gateway, stream: TcpStream) -> std::io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut reader = BufReader::new(rd.take(MAX_REQUEST));
+    let mut line = String::new();
+    reader.read_line(&mut line).await?;
+    // The headers are read (and ignored) so the client sees a clean close.
+    let mut header = String::new();
+    while reader.read_line(&mut header).await? > 2 {
+        header.clear();
+    }
+    let (status, content_type, body) = match metrics::route(&line) {
+        Route::Metrics => ("200 OK", metrics::CONTENT_TYPE, body(gw)),
+        Route::NotFound => ("404 Not Found", "text/plain", "try /metrics\n".into()),
+        Route::MethodNotAllowed => ("405 Method Not Allowed", "text/plain", String::new()),
+        Route::BadRequest => ("400 Bad Request", "text/plain", String::new()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    wr.write_all(head.as_bytes()).await?;
+    wr.write_all(body.as_bytes()).await?;
+    wr.shutdown().await
+}
+
+fn body(gw: &Gateway) -> String {
+    let active: Vec<_> = gw.registry.all().iter().map(|s| s.traffic()).collect();
+    let free = gw.pool.lock().unwrap_or_else(|p| p.into_inner()).free();
+    metrics::render(&Snapshot {
+        tally: &gw.tally,
+        drops: &gw.drops,
+        active: &active,
+        free_addresses: u64::from(free),
+    })
+}
