@@ -11,8 +11,8 @@ use cvpn_client::netsetup::dns::{self, Dns};
 use cvpn_client::netsetup::routes::{self, Netlink};
 use cvpn_client::profile::{Profile, Remote};
 use cvpn_proto::{
-    ClientHello, Control, EndpointConfig, Frame, PROTOCOL_VERSION, TlsTunnel, Transport, decode,
-    encode_control, encode_packet,
+    ClientHello, Control, EndpointConfig, Frame, HEADER_LEN, MAX_PACKET_FRAME, PROTOCOL_VERSION,
+    TlsTunnel, Transport, decode, encode_control, packet_header,
 };
 use cvpn_tundev::TunDevice;
 use ipnet::Ipv4Net;
@@ -290,33 +290,56 @@ async fn tun_to_endpoint<W: AsyncWrite + Unpin>(
     tun: &TunDevice,
     keepalive: Duration,
 ) -> Result<String> {
-    let mut packet = vec![0u8; cvpn_proto::MAX_PACKET_FRAME];
-    let mut out = BytesMut::with_capacity(BATCH_BYTES + READ_RESERVE);
+    // Packets are read from the tun device straight behind their frame
+    // header: the only copy on the way out is the one TLS sealing makes.
+    let mut out = vec![0u8; BATCH_BYTES + HEADER_LEN + MAX_PACKET_FRAME];
+    let mut control = BytesMut::new();
     loop {
-        match timeout(keepalive, tun.recv(&mut packet)).await {
+        let slot = |at: usize| at + HEADER_LEN..at + HEADER_LEN + MAX_PACKET_FRAME;
+        let mut len = 0;
+        let mut idle = false;
+        match timeout(keepalive, tun.recv(&mut out[slot(0)])).await {
             Ok(Ok(n)) => {
-                let _ = encode_packet(&mut out, &packet[..n]);
+                len = frame_in_place(&mut out, 0, n);
                 // Gather what is already queued, without waiting, into the
                 // same TLS write.
-                while out.len() < BATCH_BYTES {
-                    match tun.try_recv(&mut packet) {
-                        Some(Ok(n)) => {
-                            let _ = encode_packet(&mut out, &packet[..n]);
-                        }
+                while len < BATCH_BYTES {
+                    match tun.try_recv(&mut out[slot(len)]) {
+                        Some(Ok(n)) => len = frame_in_place(&mut out, len, n),
                         _ => break,
                     }
                 }
             }
             Ok(Err(e)) => return Err(anyhow!("reading {TUN_NAME}: {e}")),
-            Err(_) => encode_control(&mut out, &Control::Keepalive)?,
+            Err(_) => {
+                control.clear();
+                encode_control(&mut control, &Control::Keepalive)?;
+                idle = true;
+            }
         }
-        wr.write_all(&out)
+        let bytes = if idle { &control[..] } else { &out[..len] };
+        if bytes.is_empty() {
+            continue;
+        }
+        wr.write_all(bytes)
             .await
             .map_err(|e| anyhow!("connection lost: {e}"))?;
         wr.flush()
             .await
             .map_err(|e| anyhow!("connection lost: {e}"))?;
-        out.clear();
+    }
+}
+
+/// Puts the frame header in front of the `n` bytes read at `at` +
+/// HEADER_LEN; returns where the next frame goes. A packet no frame can
+/// carry (shorter than an IPv4 header) is dropped.
+fn frame_in_place(out: &mut [u8], at: usize, n: usize) -> usize {
+    match packet_header(n) {
+        Ok(h) => {
+            out[at..at + HEADER_LEN].copy_from_slice(&h);
+            at + HEADER_LEN + n
+        }
+        Err(_) => at,
     }
 }
 

@@ -75,12 +75,20 @@ fn put_header(out: &mut impl BufMut, kind: u8, len: usize) {
 /// Appends one packet frame to `out`; `payload` is a virtio-net header and
 /// the packet, as a tun device with IFF_VNET_HDR reads them.
 pub fn encode_packet(out: &mut impl BufMut, payload: &[u8]) -> Result<(), FrameError> {
-    if !(MIN_PACKET_FRAME..=MAX_PACKET_FRAME).contains(&payload.len()) {
-        return Err(FrameError::PacketSize(payload.len()));
-    }
-    put_header(out, TYPE_PACKET, payload.len());
+    out.put_slice(&packet_header(payload.len())?);
     out.put_slice(payload);
     Ok(())
+}
+
+/// The header of a packet frame whose payload is `len` bytes, for a
+/// payload read into place behind it.
+pub fn packet_header(len: usize) -> Result<[u8; HEADER_LEN], FrameError> {
+    if !(MIN_PACKET_FRAME..=MAX_PACKET_FRAME).contains(&len) {
+        return Err(FrameError::PacketSize(len));
+    }
+    let mut h = [0u8; HEADER_LEN];
+    put_header(&mut &mut h[..], TYPE_PACKET, len);
+    Ok(h)
 }
 
 /// Appends one control frame to `out`.
@@ -122,6 +130,22 @@ mod tests {
         }
         assert_eq!(seen, vec![MIN_PACKET_FRAME, 0, MAX_PACKET_FRAME]);
         assert_eq!(pos, buf.len());
+    }
+
+    #[test]
+    fn a_header_put_in_front_of_a_payload_read_in_place_decodes() {
+        let payload = packet(1500);
+        let mut buf = packet_header(payload.len()).unwrap().to_vec();
+        buf.extend_from_slice(&payload);
+        assert_eq!(
+            decode(&buf).unwrap(),
+            Some((Frame::Packet(&payload), buf.len()))
+        );
+        assert_eq!(
+            packet_header(MIN_PACKET_FRAME - 1),
+            Err(FrameError::PacketSize(MIN_PACKET_FRAME - 1))
+        );
+        assert!(packet_header(MAX_PACKET_FRAME + 1).is_err());
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod vnet;
 pub use control::{ClientHello, Control, EndpointConfig};
 pub use frame::{
     Frame, FrameError, HEADER_LEN, MAX_CONTROL, MAX_PACKET, MAX_PACKET_FRAME, decode,
-    encode_control, encode_packet,
+    encode_control, encode_packet, packet_header,
 };
 pub use tls::{TlsError, TlsTunnel};
 pub use transport::Transport;

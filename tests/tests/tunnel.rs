@@ -82,6 +82,29 @@ fn split_tunnel_reaches_target_and_peered_network() {
         seen.contains(&format!("peer={ENI}\n")),
         "target saw: {seen}"
     );
+    // 20 MB the other way: what the client's tun device reads goes out
+    // behind frame headers written in place.
+    let mut sink = Proc::spawn("sink", {
+        let mut cmd = in_ns(&tb.target, &tb.helper());
+        cmd.args(["serve", "--upload", "--listen", &format!("{TARGET}:5002")]);
+        cmd.args(["--bytes", "20000000", "--seed", "9"]);
+        cmd
+    });
+    sink.wait_for("listening", 10);
+    let pushed = sh_ok(
+        c,
+        &format!(
+            "{} fetch --upload --connect {TARGET}:5002 --bytes 20000000 --seed 9",
+            tb.helper().display()
+        ),
+    );
+    assert!(pushed.contains("sent 20000000 bytes"), "{pushed}");
+    let checked = sink.wait_for("ok ", 10);
+    assert!(
+        checked.contains(&format!("ok 20000000 bytes from {ENI}")),
+        "target saw: {checked}"
+    );
+
     // The stream crossed as segmentation-offload frames, not 1500-byte packets.
     let v = tb.connections();
     let session = &v["connections"][0];

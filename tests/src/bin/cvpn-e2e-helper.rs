@@ -1,6 +1,7 @@
 //! Test helper run inside the test namespaces: a TCP source that sends a
 //! deterministic byte stream and reports who connected, and a fetcher that
-//! checks the stream byte for byte. Both stop by themselves.
+//! checks the stream byte for byte; with `--upload` the fetcher sends and
+//! the source checks. Both stop by themselves.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -24,7 +25,7 @@ fn num(args: &[String], name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// serve --listen ADDR --bytes N --seed S --timeout SECS
+/// serve --listen ADDR --bytes N --seed S --timeout SECS [--upload]
 fn serve(args: &[String]) -> Result<(), String> {
     let listen = arg(args, "--listen").ok_or("--listen missing")?;
     let bytes = num(args, "--bytes", 1_000_000);
@@ -48,6 +49,17 @@ fn serve(args: &[String]) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     println!("peer={}", peer.ip());
     let _ = std::io::stdout().flush();
+    if args.iter().any(|a| a == "--upload") {
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        check_stream(&mut sock, bytes, seed)?;
+        println!("ok {bytes} bytes from {}", peer.ip());
+        return Ok(());
+    }
+    send_stream(&mut sock, bytes, seed)
+}
+
+fn send_stream(sock: &mut TcpStream, bytes: u64, seed: u64) -> Result<(), String> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut sent = 0u64;
     while sent < bytes {
@@ -62,21 +74,8 @@ fn serve(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// fetch --connect HOST:PORT --bytes N --seed S --timeout SECS
-fn fetch(args: &[String]) -> Result<(), String> {
-    let target = arg(args, "--connect").ok_or("--connect missing")?;
-    let bytes = num(args, "--bytes", 1_000_000);
-    let seed = num(args, "--seed", 1);
-    let timeout = Duration::from_secs(num(args, "--timeout", 30));
-    let addr = target
-        .to_socket_addrs()
-        .map_err(|e| format!("resolve {target}: {e}"))?
-        .next()
-        .ok_or(format!("{target}: no address"))?;
-    let mut sock =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    sock.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+/// Reads the stream to its end and checks every byte and the length.
+fn check_stream(sock: &mut TcpStream, bytes: u64, seed: u64) -> Result<(), String> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0u64;
     loop {
@@ -96,7 +95,37 @@ fn fetch(args: &[String]) -> Result<(), String> {
     if got != bytes {
         return Err(format!("got {got} bytes, expected {bytes}"));
     }
-    println!("ok {got} bytes from {addr}");
+    Ok(())
+}
+
+/// fetch --connect HOST:PORT --bytes N --seed S --timeout SECS [--upload]
+fn fetch(args: &[String]) -> Result<(), String> {
+    let target = arg(args, "--connect").ok_or("--connect missing")?;
+    let bytes = num(args, "--bytes", 1_000_000);
+    let seed = num(args, "--seed", 1);
+    let timeout = Duration::from_secs(num(args, "--timeout", 30));
+    let addr = target
+        .to_socket_addrs()
+        .map_err(|e| format!("resolve {target}: {e}"))?
+        .next()
+        .ok_or(format!("{target}: no address"))?;
+    let mut sock =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    sock.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    if args.iter().any(|a| a == "--upload") {
+        sock.set_write_timeout(Some(timeout))
+            .map_err(|e| e.to_string())?;
+        send_stream(&mut sock, bytes, seed)?;
+        sock.shutdown(std::net::Shutdown::Write)
+            .map_err(|e| e.to_string())?;
+        // The source closes once it has checked everything.
+        let _ = sock.read(&mut [0u8; 1]);
+        println!("sent {bytes} bytes to {addr}");
+        return Ok(());
+    }
+    check_stream(&mut sock, bytes, seed)?;
+    println!("ok {bytes} bytes from {addr}");
     Ok(())
 }
 
