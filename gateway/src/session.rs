@@ -3,6 +3,7 @@
 //! client leaves, the session expires or it is terminated.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use cvpn_proto::{
     Control, EndpointConfig, Frame, PROTOCOL_VERSION, VNET_HDR_LEN, decode, encode_control, vnet,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::time::{Instant, Sleep, timeout};
 use tracing::{debug, info, warn};
 
 use crate::serve::Gateway;
@@ -186,6 +187,8 @@ async fn client_to_gateway<R: AsyncRead + Unpin>(
 ) -> String {
     let mut reply: Reply = [0u8; VNET_HDR_LEN + icmp::MAX_REPLY];
     let mut want = IDLE_READ;
+    let idle = tokio::time::sleep(SHRINK_AFTER);
+    tokio::pin!(idle);
     loop {
         let policy = gw.policy.load();
         let mut pos = 0;
@@ -210,7 +213,7 @@ async fn client_to_gateway<R: AsyncRead + Unpin>(
             forward(gw, handle, &policy, groups, payload, &mut reply).await;
         }
         buf.advance(pos);
-        match read_more(rd, &mut buf, &mut want).await {
+        match read_more(rd, &mut buf, &mut want, &mut idle).await {
             Ok(()) => {}
             Err(reason) => return reason,
         }
@@ -219,13 +222,16 @@ async fn client_to_gateway<R: AsyncRead + Unpin>(
 
 /// Reads at least one byte into `buf`, sizing it to the traffic: `want`
 /// doubles while reads fill it, and an idle session drops back to a small
-/// buffer. Err: why the session ends.
+/// buffer. `idle` is the session's idle timer, pushed back on each call
+/// (cheap for a timer already armed, unlike a timer per read). Err: why
+/// the session ends.
 async fn read_more<R: AsyncRead + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
     want: &mut usize,
+    idle: &mut Pin<&mut Sleep>,
 ) -> Result<(), String> {
-    let mut idle = Duration::ZERO;
+    let mut quiet = Duration::ZERO;
     loop {
         // A partial frame needs room for the rest of it at least.
         let need = (*want).max(if buf.is_empty() { 0 } else { READ_RESERVE });
@@ -233,20 +239,21 @@ async fn read_more<R: AsyncRead + Unpin>(
             buf.reserve(need);
         }
         let room = buf.capacity() - buf.len();
-        match timeout(SHRINK_AFTER, rd.read_buf(buf)).await {
-            Ok(Ok(0)) => return Err("client closed the connection".into()),
-            Ok(Ok(n)) => {
-                *want = if n >= room / 2 {
-                    (*want * 2).min(BUSY_READ)
-                } else {
-                    *want
-                };
-                return Ok(());
-            }
-            Ok(Err(e)) => return Err(format!("read failed: {e}")),
-            Err(_) => {
-                idle += SHRINK_AFTER;
-                if idle >= IDLE_TIMEOUT {
+        idle.as_mut().reset(Instant::now() + SHRINK_AFTER);
+        tokio::select! {
+            r = rd.read_buf(buf) => match r {
+                Ok(0) => return Err("client closed the connection".into()),
+                Ok(n) => {
+                    if n >= room / 2 {
+                        *want = (*want * 2).min(BUSY_READ);
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(format!("read failed: {e}")),
+            },
+            _ = idle.as_mut() => {
+                quiet += SHRINK_AFTER;
+                if quiet >= IDLE_TIMEOUT {
                     return Err("client silent past the keepalive timeout".into());
                 }
                 if buf.is_empty() && buf.capacity() > IDLE_READ {
@@ -333,11 +340,18 @@ type Reply = [u8; VNET_HDR_LEN + icmp::MAX_REPLY];
 /// then the buffers go back to the allocator.
 async fn gateway_to_client<W: AsyncWrite + Unpin>(wr: &mut W, outbox: &Outbox) -> String {
     let mut spare = BytesMut::new();
+    // One timer for the session, pushed back after each batch.
+    let idle = tokio::time::sleep(KEEPALIVE);
+    tokio::pin!(idle);
     loop {
-        if timeout(KEEPALIVE, outbox.take(&mut spare)).await.is_err() {
-            outbox.shrink_if_empty();
-            spare = BytesMut::new();
-            let _ = encode_control(&mut spare, &Control::Keepalive);
+        idle.as_mut().reset(Instant::now() + KEEPALIVE);
+        tokio::select! {
+            _ = outbox.take(&mut spare) => {}
+            _ = idle.as_mut() => {
+                outbox.shrink_if_empty();
+                spare = BytesMut::new();
+                let _ = encode_control(&mut spare, &Control::Keepalive);
+            }
         }
         if let Err(e) = wr.write_all(&spare).await {
             return format!("write failed: {e}");
