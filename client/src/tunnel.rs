@@ -21,7 +21,7 @@ use rustls::client::ClientConnectionData;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
 
 use crate::tls;
@@ -255,6 +255,9 @@ async fn endpoint_to_tun<R: AsyncRead + Unpin>(
     tun: &TunDevice,
     idle: Duration,
 ) -> Result<String> {
+    // One timer, pushed back before each read: cheaper than one per read.
+    let deadline = tokio::time::sleep(idle);
+    tokio::pin!(deadline);
     loop {
         let mut pos = 0;
         while let Some((frame, n)) = decode(&buf[pos..])? {
@@ -276,11 +279,17 @@ async fn endpoint_to_tun<R: AsyncRead + Unpin>(
         }
         buf.advance(pos);
         buf.reserve(READ_RESERVE);
-        match timeout(idle, rd.read_buf(&mut buf)).await {
-            Ok(Ok(0)) => return Ok("the endpoint closed the connection".into()),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(anyhow!("connection lost: {e}")),
-            Err(_) => return Err(anyhow!("connection lost: the endpoint stopped answering")),
+        deadline.as_mut().reset(Instant::now() + idle);
+        let read = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            _ = deadline.as_mut() => {
+                return Err(anyhow!("connection lost: the endpoint stopped answering"));
+            }
+        };
+        match read {
+            Ok(0) => return Ok("the endpoint closed the connection".into()),
+            Ok(_) => {}
+            Err(e) => return Err(anyhow!("connection lost: {e}")),
         }
     }
 }
@@ -294,12 +303,19 @@ async fn tun_to_endpoint<W: AsyncWrite + Unpin>(
     // header: the only copy on the way out is the one TLS sealing makes.
     let mut out = vec![0u8; BATCH_BYTES + HEADER_LEN + MAX_PACKET_FRAME];
     let mut control = BytesMut::new();
+    let tick = tokio::time::sleep(keepalive);
+    tokio::pin!(tick);
     loop {
         let slot = |at: usize| at + HEADER_LEN..at + HEADER_LEN + MAX_PACKET_FRAME;
         let mut len = 0;
         let mut idle = false;
-        match timeout(keepalive, tun.recv(&mut out[slot(0)])).await {
-            Ok(Ok(n)) => {
+        tick.as_mut().reset(Instant::now() + keepalive);
+        let read = tokio::select! {
+            r = tun.recv(&mut out[slot(0)]) => Some(r),
+            _ = tick.as_mut() => None,
+        };
+        match read {
+            Some(Ok(n)) => {
                 len = frame_in_place(&mut out, 0, n);
                 // Gather what is already queued, without waiting, into the
                 // same TLS write.
@@ -310,8 +326,8 @@ async fn tun_to_endpoint<W: AsyncWrite + Unpin>(
                     }
                 }
             }
-            Ok(Err(e)) => return Err(anyhow!("reading {TUN_NAME}: {e}")),
-            Err(_) => {
+            Some(Err(e)) => return Err(anyhow!("reading {TUN_NAME}: {e}")),
+            None => {
                 control.clear();
                 encode_control(&mut control, &Control::Keepalive)?;
                 idle = true;
