@@ -26,6 +26,32 @@ fn ours(routes: &[String]) -> Vec<String> {
     r
 }
 
+/// 20 MB between client namespace `c` and the target, checked byte for
+/// byte by the receiving side (the target with `upload`). Returns what the
+/// client side printed and what the target side printed once done.
+fn transfer(tb: &Testbed, c: &str, port: u16, seed: u32, upload: bool) -> (String, String) {
+    let flag = if upload { "--upload " } else { "" };
+    let mut target = Proc::spawn("target side", {
+        let mut cmd = in_ns(&tb.target, &tb.helper());
+        cmd.args(["serve", "--listen", &format!("{TARGET}:{port}")]);
+        cmd.args(["--bytes", "20000000", "--seed", &seed.to_string()]);
+        if upload {
+            cmd.arg("--upload");
+        }
+        cmd
+    });
+    target.wait_for("listening", 10);
+    let client = sh_ok(
+        c,
+        &format!(
+            "{} fetch {flag}--connect {TARGET}:{port} --bytes 20000000 --seed {seed}",
+            tb.helper().display()
+        ),
+    );
+    let done = target.wait_for(if upload { "ok " } else { "peer=" }, 10);
+    (client, done)
+}
+
 #[test]
 fn split_tunnel_reaches_target_and_peered_network() {
     let tb = Testbed::new("split", 1);
@@ -55,51 +81,16 @@ fn split_tunnel_reaches_target_and_peered_network() {
     sh_ok(c, &format!("ping -c 2 -W 3 {PEERED}"));
 
     // 20 MB, byte-exact; the target sees the ENI address.
-    let mut server = Proc::spawn("source", {
-        let mut cmd = in_ns(&tb.target, &tb.helper());
-        cmd.args([
-            "serve",
-            "--listen",
-            &format!("{TARGET}:5001"),
-            "--bytes",
-            "20000000",
-            "--seed",
-            "7",
-        ]);
-        cmd
-    });
-    server.wait_for("listening", 10);
-    let fetched = sh_ok(
-        c,
-        &format!(
-            "{} fetch --connect {TARGET}:5001 --bytes 20000000 --seed 7",
-            tb.helper().display()
-        ),
-    );
+    let (fetched, seen) = transfer(&tb, c, 5001, 7, false);
     assert!(fetched.contains("ok 20000000 bytes"), "{fetched}");
-    let seen = server.wait_for("peer=", 5);
     assert!(
         seen.contains(&format!("peer={ENI}\n")),
         "target saw: {seen}"
     );
     // 20 MB the other way: what the client's tun device reads goes out
     // behind frame headers written in place.
-    let mut sink = Proc::spawn("sink", {
-        let mut cmd = in_ns(&tb.target, &tb.helper());
-        cmd.args(["serve", "--upload", "--listen", &format!("{TARGET}:5002")]);
-        cmd.args(["--bytes", "20000000", "--seed", "9"]);
-        cmd
-    });
-    sink.wait_for("listening", 10);
-    let pushed = sh_ok(
-        c,
-        &format!(
-            "{} fetch --upload --connect {TARGET}:5002 --bytes 20000000 --seed 9",
-            tb.helper().display()
-        ),
-    );
+    let (pushed, checked) = transfer(&tb, c, 5002, 9, true);
     assert!(pushed.contains("sent 20000000 bytes"), "{pushed}");
-    let checked = sink.wait_for("ok ", 10);
     assert!(
         checked.contains(&format!("ok 20000000 bytes from {ENI}")),
         "target saw: {checked}"
