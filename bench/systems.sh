@@ -32,11 +32,14 @@ stop_plain() {
 }
 
 # --- cvpn
-cvpn_config() { # cvpn_config [CLIENT_CIDR]: endpoint.toml, and bench.ovpnx if a "bench" client exists
+# cvpn_config [CLIENT_CIDR]: endpoint.toml, and bench.ovpnx if a "bench"
+# client exists. CVPN_TRANSPORT=udp adds the datagram channel.
+cvpn_config() {
   cat >"$WORK/endpoint.toml" <<TOML
 listen = "$GW_OUT:443"
 client_cidr = "${1:-10.250.0.0/22}"
 control_socket = "$WORK/cvpn-gw.sock"
+transport_protocol = "${CVPN_TRANSPORT:-tcp}"
 
 [tls]
 cert = "$WORK/pki/issued/vpn.example.com.crt"

@@ -1,5 +1,6 @@
 //! `cvpn-client connect profile.ovpnx [--once]`.
 
+mod datagram;
 mod tls;
 mod tunnel;
 
@@ -13,6 +14,7 @@ use cvpn_client::profile::{self, Profile};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::warn;
 
+use crate::datagram::Channel;
 use crate::tunnel::{Connected, HostSetup};
 
 #[derive(Parser)]
@@ -157,11 +159,22 @@ async fn session(c: Connected, signals: &mut Signals) -> Result<Option<Result<St
         mut stream,
         config,
         leftover,
+        peer: c_peer,
         ..
     } = c;
     let keepalive = Duration::from_secs(u64::from(config.keepalive_secs.max(1)));
+    let datagram = match &config.datagram {
+        Some(offer) => match Channel::open(c_peer, offer).await {
+            Ok(ch) => Some(ch),
+            Err(e) => {
+                eprintln!("cvpn-client: no datagram channel ({e:#}); using the TLS stream only");
+                None
+            }
+        },
+        None => None,
+    };
     let outcome = tokio::select! {
-        r = tunnel::run(&mut stream, leftover, &setup.tun, keepalive) => Some(r),
+        r = tunnel::run(&mut stream, leftover, &setup.tun, keepalive, datagram.as_ref()) => Some(r),
         _ = signals.any() => None,
     };
     if outcome.is_none() {

@@ -17,6 +17,9 @@ pub struct Remote {
 pub struct Profile {
     pub remotes: Vec<Remote>,
     pub remote_random: bool,
+    /// `proto udp`: small packets take the endpoint's datagram channel
+    /// when it offers one (the TLS session itself always runs over TCP).
+    pub datagram: bool,
     /// `verify-x509-name NAME name`: the name checked on the gateway's
     /// certificate instead of the remote host.
     pub verify_name: Option<String>,
@@ -80,6 +83,15 @@ fn words(line: &str, n: usize) -> Result<Vec<String>, ProfileError> {
     Ok(out)
 }
 
+/// OpenVPN's protocol names: true for UDP, false for TCP, None if unknown.
+fn transport(name: &str) -> Option<bool> {
+    match name {
+        "tcp" | "tcp-client" | "tcp4" | "tcp4-client" => Some(false),
+        "udp" | "udp4" => Some(true),
+        _ => None,
+    }
+}
+
 const INLINE: [&str; 3] = ["ca", "cert", "key"];
 
 pub fn parse(
@@ -89,6 +101,7 @@ pub fn parse(
 ) -> Result<Profile, ProfileError> {
     let mut remotes = Vec::new();
     let mut remote_random = false;
+    let mut udp = false;
     let mut verify_name = None;
     let mut retry = (Duration::from_secs(1), Duration::from_secs(30));
     let mut retry_limit = None;
@@ -159,15 +172,9 @@ pub fn parse(
             }
             "proto" => {
                 want(1, 1)?;
-                if !matches!(
-                    args[0].as_str(),
-                    "tcp" | "tcp-client" | "tcp4" | "tcp4-client"
-                ) {
-                    return Err(err(
-                        n,
-                        format!("proto {}: cvpn tunnels run over TCP (proto tcp)", args[0]),
-                    ));
-                }
+                udp = transport(&args[0]).ok_or_else(|| {
+                    err(n, format!("proto {}: expected tcp or udp", args[0]))
+                })?;
             }
             "remote" => {
                 want(1, 3)?;
@@ -179,11 +186,10 @@ pub fn parse(
                         .ok_or_else(|| err(n, format!("remote: bad port {p:?}")))?,
                     None => DEFAULT_PORT,
                 };
-                if let Some(proto) = args.get(2).filter(|p| !p.starts_with("tcp")) {
-                    return Err(err(
-                        n,
-                        format!("remote: protocol {proto} is not supported (tcp only)"),
-                    ));
+                if let Some(proto) = args.get(2) {
+                    udp = transport(proto).ok_or_else(|| {
+                        err(n, format!("remote: protocol {proto}: expected tcp or udp"))
+                    })?;
                 }
                 remotes.push(Remote {
                     host: args[0].clone(),
@@ -259,6 +265,7 @@ pub fn parse(
     Ok(Profile {
         remotes,
         remote_random,
+        datagram: udp,
         verify_name,
         retry_initial: retry.0,
         retry_max: retry.1,

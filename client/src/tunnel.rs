@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
 
+use crate::datagram::Channel;
 use crate::tls;
 
 pub const TUN_NAME: &str = "cvpn0";
@@ -77,6 +78,7 @@ async fn open(profile: &Profile, remote: &Remote, config: Arc<ClientConfig>) -> 
                 version: PROTOCOL_VERSION,
                 os: std::env::consts::OS.to_string(),
                 client: format!("cvpn-client {}", env!("CARGO_PKG_VERSION")),
+                datagram: profile.datagram,
             }),
         )?;
         stream.write_all(&hello).await?;
@@ -237,15 +239,23 @@ pub async fn run<S>(
     leftover: BytesMut,
     tun: &TunDevice,
     keepalive: Duration,
+    datagram: Option<&Channel>,
 ) -> Result<String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let idle = keepalive * 3 + Duration::from_secs(5);
+    let datagrams = async {
+        match datagram {
+            Some(c) => c.run(tun).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = endpoint_to_tun(&mut rd, leftover, tun, idle) => r,
-        r = tun_to_endpoint(&mut wr, tun, keepalive) => r,
+        r = tun_to_endpoint(&mut wr, tun, keepalive, datagram) => r,
+        r = datagrams => r,
     }
 }
 
@@ -298,6 +308,7 @@ async fn tun_to_endpoint<W: AsyncWrite + Unpin>(
     wr: &mut W,
     tun: &TunDevice,
     keepalive: Duration,
+    datagram: Option<&Channel>,
 ) -> Result<String> {
     // Packets are read from the tun device straight behind their frame
     // header: the only copy on the way out is the one TLS sealing makes.
@@ -316,12 +327,12 @@ async fn tun_to_endpoint<W: AsyncWrite + Unpin>(
         };
         match read {
             Some(Ok(n)) => {
-                len = frame_in_place(&mut out, 0, n);
+                len = stream_or_datagram(&mut out, 0, n, datagram);
                 // Gather what is already queued, without waiting, into the
                 // same TLS write.
                 while len < BATCH_BYTES {
                     match tun.try_recv(&mut out[slot(len)]) {
-                        Some(Ok(n)) => len = frame_in_place(&mut out, len, n),
+                        Some(Ok(n)) => len = stream_or_datagram(&mut out, len, n, datagram),
                         _ => break,
                     }
                 }
@@ -344,6 +355,16 @@ async fn tun_to_endpoint<W: AsyncWrite + Unpin>(
             .await
             .map_err(|e| anyhow!("connection lost: {e}"))?;
     }
+}
+
+/// Sends the `n` bytes read at `at` + HEADER_LEN as a datagram if it can,
+/// else frames them for the stream; returns where the next frame goes.
+fn stream_or_datagram(out: &mut [u8], at: usize, n: usize, datagram: Option<&Channel>) -> usize {
+    let packet = &out[at + HEADER_LEN..at + HEADER_LEN + n];
+    if datagram.is_some_and(|c| c.try_send_packet(packet)) {
+        return at;
+    }
+    frame_in_place(out, at, n)
 }
 
 /// Puts the frame header in front of the `n` bytes read at `at` +

@@ -32,6 +32,7 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     connection_log: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
+    transport_protocol: Option<String>,
     tls: RawTls,
     #[serde(default)]
     target_networks: Vec<RawTarget>,
@@ -139,6 +140,12 @@ pub struct Rule {
     pub description: Option<String>,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportProtocol {
+    Tcp,
+    Udp,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -150,6 +157,9 @@ pub struct Config {
     pub control_socket: PathBuf,
     pub connection_log: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
+    /// `udp`: clients whose profile says `proto udp` also get the datagram
+    /// channel on the same port number over UDP.
+    pub transport_protocol: TransportProtocol,
     pub tls: TlsFiles,
     pub target_networks: Vec<TargetNetwork>,
     /// The effective route table: `associate` routes first, then the file's.
@@ -267,6 +277,17 @@ impl Validator {
                 MAX_SESSION_TIMEOUT
             }
         };
+        let transport_protocol = match raw.transport_protocol.as_deref() {
+            None | Some("tcp") => TransportProtocol::Tcp,
+            Some("udp") => TransportProtocol::Udp,
+            Some(other) => {
+                self.bad(
+                    "transport_protocol",
+                    format!("{other:?}: expected \"tcp\" or \"udp\""),
+                );
+                TransportProtocol::Tcp
+            }
+        };
         let targets = self.targets(raw.target_networks, cidr);
         let routes = self.routes(raw.routes, &targets, cidr);
         let rules = self.rules(raw.authorization_rules);
@@ -284,6 +305,7 @@ impl Validator {
                 .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
             connection_log: raw.connection_log.map(resolve),
             metrics_listen: raw.metrics_listen,
+            transport_protocol,
             tls: TlsFiles {
                 cert: resolve(raw.tls.cert),
                 key: resolve(raw.tls.key),

@@ -40,6 +40,8 @@ pub struct Record {
     pub common_name: Option<String>,
     pub client_ip: Option<Ipv4Addr>,
     pub device: SocketAddr,
+    /// The session ran a datagram channel: logged as transport "udp".
+    pub datagram: bool,
     pub start: OffsetDateTime,
     pub event: Event,
 }
@@ -93,7 +95,10 @@ impl Record {
         put("common-name", na(self.common_name.as_ref()));
         put("device-ip", json!(self.device.ip().to_string()));
         put("port", json!(self.device.port().to_string()));
-        put("transport-protocol", json!("tcp"));
+        put(
+            "transport-protocol",
+            json!(if self.datagram { "udp" } else { "tcp" }),
+        );
         put("connection-start-time", json!(stamp(self.start)));
         put(
             "connection-last-update-time",
@@ -149,6 +154,7 @@ mod tests {
             common_name: Some("alice".into()),
             client_ip: Some(Ipv4Addr::new(10, 250, 0, 2)),
             device: "198.18.0.2:40000".parse().unwrap(),
+            datagram: false,
             start,
             event: Event::Ended {
                 end: start + time::Duration::seconds(90),
@@ -187,6 +193,7 @@ mod tests {
         assert_eq!(v["connection-start-time"], "2023-11-14 22:13:20");
         assert_eq!(v["egress-packets"], "2");
         assert_eq!(v["device-ip"], "198.18.0.2");
+        assert_eq!(v["transport-protocol"], "tcp");
 
         let failed = Record {
             event: Event::Failed {

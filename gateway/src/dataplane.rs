@@ -16,6 +16,8 @@ use cvpn_proto::{Control, VNET_HDR_LEN, encode_control, encode_packet};
 use tokio::sync::Notify;
 
 use crate::connlog::{Event, Record, Traffic};
+use crate::datagram::DatagramPath;
+use crate::policy::GroupMask;
 
 /// A session's outbox holds at most this much; past it packets are dropped
 /// (as a full interface queue would) so a slow client cannot eat memory.
@@ -129,6 +131,11 @@ pub struct SessionHandle {
     pub started: time::OffsetDateTime,
     pub outbox: Outbox,
     pub counters: Counters,
+    /// The client's groups, as the policy knows them.
+    pub groups: GroupMask,
+    /// The datagram channel, if the client asked for it and the endpoint
+    /// runs one.
+    pub datagram: Option<DatagramPath>,
     /// Set with the reason when the session must end (terminate, revoked).
     pub end: Notify,
     pub end_reason: Mutex<Option<String>>,
@@ -142,6 +149,7 @@ impl SessionHandle {
             common_name: Some(self.common_name.clone()),
             client_ip: Some(self.address),
             device: self.device,
+            datagram: self.datagram.is_some(),
             start: self.started,
             event,
         }
@@ -178,10 +186,18 @@ impl SessionHandle {
 #[derive(Default)]
 pub struct Registry {
     by_addr: RwLock<HashMap<Ipv4Addr, Arc<SessionHandle>>>,
+    /// Sessions with a datagram channel, by its session id.
+    by_datagram: RwLock<HashMap<u64, Arc<SessionHandle>>>,
 }
 
 impl Registry {
     pub fn insert(&self, s: Arc<SessionHandle>) {
+        if let Some(d) = &s.datagram {
+            self.by_datagram
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(d.session, s.clone());
+        }
         self.by_addr
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -189,10 +205,26 @@ impl Registry {
     }
 
     pub fn remove(&self, addr: Ipv4Addr) {
-        self.by_addr
+        let gone = self
+            .by_addr
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&addr);
+        if let Some(d) = gone.as_ref().and_then(|s| s.datagram.as_ref()) {
+            self.by_datagram
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&d.session);
+        }
+    }
+
+    /// The session a datagram's id names.
+    pub fn by_datagram(&self, session: u64) -> Option<Arc<SessionHandle>> {
+        self.by_datagram
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&session)
+            .cloned()
     }
 
     #[inline]
@@ -223,27 +255,31 @@ pub fn ipv4_destination(payload: &[u8]) -> Option<Ipv4Addr> {
 }
 
 /// Hands one packet read from the tun device (virtio-net header and IP
-/// packet) to the session that owns its destination.
-pub fn deliver(registry: &Registry, drops: &Drops, packet: &[u8]) {
+/// packet) to the session that owns its destination: to `datagram` first,
+/// which sends it on the session's datagram channel if it can (true), else
+/// to the session's outbox for its TLS stream.
+pub fn deliver(
+    registry: &Registry,
+    drops: &Drops,
+    packet: &[u8],
+    datagram: impl FnOnce(&SessionHandle, &[u8]) -> bool,
+) {
     let Some(dst) = ipv4_destination(packet) else {
         drops.malformed.fetch_add(1, Ordering::Relaxed);
         return;
     };
-    match registry.get(dst) {
-        Some(s) => {
-            if s.outbox.push_packet(packet) {
-                Counters::add(
-                    &s.counters.egress_bytes,
-                    &s.counters.egress_packets,
-                    packet.len() - VNET_HDR_LEN,
-                );
-            } else {
-                drops.queue_full.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        None => {
-            drops.no_session.fetch_add(1, Ordering::Relaxed);
-        }
+    let Some(s) = registry.get(dst) else {
+        drops.no_session.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if datagram(&s, packet) || s.outbox.push_packet(packet) {
+        Counters::add(
+            &s.counters.egress_bytes,
+            &s.counters.egress_packets,
+            packet.len() - VNET_HDR_LEN,
+        );
+    } else {
+        drops.queue_full.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -291,8 +327,8 @@ mod tests {
         assert!(!outbox.push_packet(&packet([10, 0, 0, 2], 20)));
     }
 
-    #[test]
-    fn deliver_by_destination() {
+    #[tokio::test]
+    async fn deliver_by_destination() {
         let registry = Registry::default();
         let drops = Drops::default();
         let s = Arc::new(SessionHandle {
@@ -304,14 +340,23 @@ mod tests {
             started: time::OffsetDateTime::now_utc(),
             outbox: Outbox::default(),
             counters: Counters::default(),
+            groups: GroupMask::default(),
+            datagram: None,
             end: Notify::new(),
             end_reason: Mutex::new(None),
         });
         registry.insert(s.clone());
-        deliver(&registry, &drops, &packet([10, 0, 0, 2], 40));
-        deliver(&registry, &drops, &packet([10, 0, 0, 3], 40));
-        deliver(&registry, &drops, &[0x60; 40]);
+        let stream = |_: &SessionHandle, _: &[u8]| false;
+        deliver(&registry, &drops, &packet([10, 0, 0, 2], 40), stream);
+        deliver(&registry, &drops, &packet([10, 0, 0, 3], 40), stream);
+        deliver(&registry, &drops, &[0x60; 40], stream);
         assert_eq!(s.counters.egress_packets.load(Ordering::Relaxed), 1);
+        // Sent as a datagram: counted, and not queued for the stream.
+        let mut spare = BytesMut::new();
+        s.outbox.take(&mut spare).await;
+        deliver(&registry, &drops, &packet([10, 0, 0, 2], 40), |_, _| true);
+        assert_eq!(s.counters.egress_packets.load(Ordering::Relaxed), 2);
+        assert!(s.outbox.locked().is_empty());
         assert_eq!(drops.no_session.load(Ordering::Relaxed), 1);
         assert_eq!(drops.malformed.load(Ordering::Relaxed), 1);
     }

@@ -10,6 +10,8 @@ pub struct ProfileParts<'a> {
     pub ca_pem: &'a str,
     pub cert_pem: &'a str,
     pub key_pem: &'a str,
+    /// `proto udp`: the endpoint runs the datagram channel.
+    pub udp: bool,
 }
 
 pub fn render_profile(p: &ProfileParts<'_>) -> String {
@@ -17,7 +19,8 @@ pub fn render_profile(p: &ProfileParts<'_>) -> String {
     let mut s = String::new();
     s.push_str("# cvpn client profile: cvpn-client connect THIS_FILE\n");
     s.push_str("# It holds a private key: keep it as secret as a password.\n");
-    s.push_str("client\ndev tun\nproto tcp\n");
+    s.push_str("client\ndev tun\n");
+    s.push_str(if p.udp { "proto udp\n" } else { "proto tcp\n" });
     s.push_str(&format!("remote {} {}\n", p.remote_host, p.remote_port));
     s.push_str(&format!("verify-x509-name {} name\n", p.server_name));
     s.push_str("connect-retry 1 30\n");

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod connlog;
 pub mod dataplane;
+pub mod datagram;
 pub mod export;
 pub mod icmp;
 pub mod metrics;

@@ -4,6 +4,7 @@ mod control;
 mod metrics_http;
 mod serve;
 mod session;
+mod udp;
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -257,6 +258,7 @@ fn export_profile(
         ca_pem: &ca,
         cert_pem: &cert,
         key_pem: &key,
+        udp: config.transport_protocol == cvpn_gw::config::TransportProtocol::Udp,
     });
     match out {
         Some(path) => {

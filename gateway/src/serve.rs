@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 use arc_swap::ArcSwap;
-use cvpn_gw::config::Config;
+use cvpn_gw::config::{Config, TransportProtocol};
 use cvpn_gw::connlog::{ConnLog, Event, Record};
 use cvpn_gw::dataplane::{self, Drops, Registry};
 use cvpn_gw::metrics::Tally;
@@ -19,12 +19,12 @@ use cvpn_gw::tls;
 use cvpn_proto::Control;
 use rustls::ServerConfig;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::session::{self, Admitted, TUNNEL_MTU};
-use crate::{control, metrics_http};
+use crate::{control, metrics_http, udp};
 
 pub const TUN_NAME: &str = "cvpn-gw0";
 /// Packets the kernel may queue for the gateway to read from its tun device.
@@ -38,6 +38,8 @@ pub struct Gateway {
     pub registry: Registry,
     pub pool: Mutex<Pool>,
     pub tun: cvpn_tundev::TunDevice,
+    /// The datagram channel's socket (transport_protocol = "udp").
+    pub udp: Option<UdpSocket>,
     pub connlog: Option<ConnLog>,
     pub gateway_addr: Ipv4Addr,
     pub drops: Drops,
@@ -129,6 +131,14 @@ pub async fn serve(config: Config) -> Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+    let udp = match config.transport_protocol {
+        TransportProtocol::Udp => Some(
+            UdpSocket::bind(config.listen)
+                .await
+                .with_context(|| format!("listen: cannot bind {} for UDP", config.listen))?,
+        ),
+        TransportProtocol::Tcp => None,
+    };
     let connlog = match &config.connection_log {
         Some(p) => {
             Some(ConnLog::open(p).with_context(|| format!("connection_log: {}", p.display()))?)
@@ -165,6 +175,7 @@ pub async fn serve(config: Config) -> Result<()> {
         registry: Registry::default(),
         pool: Mutex::new(pool),
         tun,
+        udp,
         connlog,
         gateway_addr,
         drops: Drops::default(),
@@ -181,6 +192,9 @@ pub async fn serve(config: Config) -> Result<()> {
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(tun_reader(gw.clone()));
+    if gw.udp.is_some() {
+        tasks.spawn(udp::datagram_reader(gw.clone()));
+    }
     tasks.spawn(crl_watcher(gw.clone()));
     // Kept apart: on shutdown it stops first, so no client is admitted
     // while the others are being told to leave.
@@ -237,6 +251,7 @@ async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         common_name: cn,
         client_ip: None,
         device: peer,
+        datagram: false,
         start,
         event: Event::Failed { reason },
     };
@@ -292,7 +307,9 @@ async fn tun_reader(gw: Arc<Gateway>) -> Result<()> {
             .recv(&mut buf)
             .await
             .context("reading the tun device")?;
-        dataplane::deliver(&gw.registry, &gw.drops, &buf[..n]);
+        dataplane::deliver(&gw.registry, &gw.drops, &buf[..n], |s, p| {
+            gw.send_datagram(s, p)
+        });
     }
 }
 

@@ -13,7 +13,9 @@ use cvpn_gw::config::RouteTarget;
 use cvpn_gw::connlog::{Event, Record};
 use cvpn_gw::dataplane::{Counters, Outbox, SessionHandle};
 use cvpn_gw::icmp::{self, Unreachable};
-use cvpn_gw::policy::{GroupMask, Policy, Verdict};
+use cvpn_gw::datagram::DatagramPath;
+use cvpn_gw::policy::{Policy, Verdict};
+use cvpn_proto::datagram::DatagramOffer;
 use cvpn_pki::ClientIdentity;
 use cvpn_proto::{
     Control, EndpointConfig, Frame, PROTOCOL_VERSION, VNET_HDR_LEN, decode, encode_control, vnet,
@@ -94,6 +96,7 @@ where
         common_name: Some(who.identity.common_name.clone()),
         client_ip: None,
         device: who.device,
+        datagram: false,
         start: who.start,
         event: Event::Failed { reason },
     };
@@ -123,6 +126,17 @@ where
             .refuse(&mut wr, fail("no free address in client_cidr".into()))
             .await;
     };
+    // The datagram channel, if the client asks and the endpoint runs one.
+    let (datagram, offer) = match (&gw.udp, hello.datagram) {
+        (Some(_), true) => match DatagramPath::offer(gw.config.listen.port()) {
+            Some((path, offer)) => (Some(path), Some(offer)),
+            None => {
+                warn!("no randomness for datagram keys: this session uses its TLS stream only");
+                (None, None)
+            }
+        },
+        _ => (None, None),
+    };
     let handle = Arc::new(SessionHandle {
         connection_id: new_connection_id(),
         common_name: who.identity.common_name.clone(),
@@ -132,6 +146,8 @@ where
         started: who.start,
         outbox: Outbox::default(),
         counters: Counters::default(),
+        groups: gw.policy.load().group_mask(&who.identity.groups),
+        datagram,
         end: tokio::sync::Notify::new(),
         end_reason: std::sync::Mutex::new(None),
     });
@@ -140,15 +156,16 @@ where
     info!(
         connection_id = %handle.connection_id, common_name = %handle.common_name,
         groups = ?who.identity.groups, client_ip = %address, device_ip = %who.device,
-        os = %hello.os, "client connected"
+        os = %hello.os, datagram = handle.datagram.is_some(), "client connected"
     );
-    handle.outbox.push_control(&Control::Config(
-        gw.endpoint_config(address, &handle.connection_id),
-    ));
+    handle.outbox.push_control(&Control::Config(gw.endpoint_config(
+        address,
+        &handle.connection_id,
+        offer,
+    )));
 
-    let groups = gw.policy.load().group_mask(&who.identity.groups);
     let reason = tokio::select! {
-        r = client_to_gateway(&gw, &mut rd, rbuf, &handle, groups) => r,
+        r = client_to_gateway(&gw, &mut rd, rbuf, &handle) => r,
         r = gateway_to_client(&mut wr, &handle.outbox) => r,
         _ = handle.end.notified() => handle.reason().unwrap_or_else(|| "terminated".into()),
         _ = tokio::time::sleep(gw.config.session_timeout) => "session timeout".into(),
@@ -183,7 +200,6 @@ async fn client_to_gateway<R: AsyncRead + Unpin>(
     rd: &mut R,
     mut buf: BytesMut,
     handle: &SessionHandle,
-    groups: GroupMask,
 ) -> String {
     let mut reply: Reply = [0u8; VNET_HDR_LEN + icmp::MAX_REPLY];
     let mut want = IDLE_READ;
@@ -210,7 +226,7 @@ async fn client_to_gateway<R: AsyncRead + Unpin>(
                     Err(e) => return format!("protocol error: {e}"),
                 },
             };
-            forward(gw, handle, &policy, groups, payload, &mut reply).await;
+            forward(gw, handle, &policy, payload, &mut reply).await;
         }
         buf.advance(pos);
         match read_more(rd, &mut buf, &mut want, &mut idle).await {
@@ -267,11 +283,10 @@ async fn read_more<R: AsyncRead + Unpin>(
 
 /// Applies the policy to one packet frame from the client (virtio-net
 /// header and IP packet) and sends it on, or answers it with ICMP.
-async fn forward(
+pub async fn forward(
     gw: &Gateway,
     handle: &SessionHandle,
     policy: &Policy,
-    groups: GroupMask,
     payload: &[u8],
     reply: &mut Reply,
 ) {
@@ -281,7 +296,7 @@ async fn forward(
     };
     let c = &handle.counters;
     Counters::add(&c.ingress_bytes, &c.ingress_packets, packet.len());
-    let unreachable = match policy.check(packet, handle.address, groups) {
+    let unreachable = match policy.check(packet, handle.address, handle.groups) {
         // A segmentation-offload packet is many segments behind one IP
         // header: the addresses judged are those of every segment.
         Verdict::Forward(_) if !hdr.is_sane(packet.len()) => {
@@ -295,7 +310,9 @@ async fn forward(
             return;
         }
         Verdict::Forward(RouteTarget::Local) => {
-            return cvpn_gw::dataplane::deliver(&gw.registry, &gw.drops, payload);
+            return cvpn_gw::dataplane::deliver(&gw.registry, &gw.drops, payload, |s, p| {
+                gw.send_datagram(s, p)
+            });
         }
         Verdict::NoRoute => {
             gw.drops.no_route.fetch_add(1, Ordering::Relaxed);
@@ -334,7 +351,7 @@ async fn forward(
 }
 
 /// Room for an ICMP error behind a virtio-net header.
-type Reply = [u8; VNET_HDR_LEN + icmp::MAX_REPLY];
+pub type Reply = [u8; VNET_HDR_LEN + icmp::MAX_REPLY];
 
 /// Writes whatever the outbox holds, batched; a keepalive when idle, and
 /// then the buffers go back to the allocator.
@@ -364,7 +381,12 @@ async fn gateway_to_client<W: AsyncWrite + Unpin>(wr: &mut W, outbox: &Outbox) -
 }
 
 impl Gateway {
-    pub fn endpoint_config(&self, address: Ipv4Addr, connection_id: &str) -> EndpointConfig {
+    pub fn endpoint_config(
+        &self,
+        address: Ipv4Addr,
+        connection_id: &str,
+        datagram: Option<DatagramOffer>,
+    ) -> EndpointConfig {
         let routes = if self.config.split_tunnel {
             self.config.routes.iter().map(|r| r.destination).collect()
         } else {
@@ -381,6 +403,7 @@ impl Gateway {
             keepalive_secs: KEEPALIVE.as_secs() as u32,
             session_expires_in_secs: self.config.session_timeout.as_secs(),
             connection_id: connection_id.to_string(),
+            datagram,
         }
     }
 }

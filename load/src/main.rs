@@ -143,6 +143,7 @@ async fn handshake(
             version: PROTOCOL_VERSION,
             os: "load".into(),
             client: "cvpn-load".into(),
+            datagram: false,
         }),
     )?;
     tls.write_all(&out).await?;

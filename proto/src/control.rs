@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+use crate::datagram::DatagramOffer;
 use crate::frame::FrameError;
 
 /// The first message a client sends after the TLS handshake.
@@ -15,6 +16,10 @@ pub struct ClientHello {
     pub os: String,
     /// Client software and version.
     pub client: String,
+    /// The profile says `proto udp`: the client would take the datagram
+    /// channel if the endpoint offers it.
+    #[serde(default)]
+    pub datagram: bool,
 }
 
 /// What the endpoint tells a client once it is admitted.
@@ -35,6 +40,9 @@ pub struct EndpointConfig {
     pub session_expires_in_secs: u64,
     /// Identifies the session in the endpoint's logs.
     pub connection_id: String,
+    /// The datagram channel, if the client asked and the endpoint runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datagram: Option<DatagramOffer>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +77,7 @@ mod tests {
             keepalive_secs: 10,
             session_expires_in_secs: 86_400,
             connection_id: "cvpn-conn-1".into(),
+            datagram: None,
         });
         let json = serde_json::to_vec(&c).unwrap();
         assert_eq!(Control::parse(&json).unwrap(), c);

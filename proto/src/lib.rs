@@ -8,6 +8,7 @@
 //! pure and total: any byte string yields a frame, "need more", or an error.
 
 pub mod control;
+pub mod datagram;
 pub mod frame;
 pub mod record;
 pub mod tls;

@@ -36,6 +36,9 @@ fn inline_profile() {
         ]
     );
     assert!(p.remote_random);
+    assert!(!p.datagram);
+    assert!(parse_str(&inline("proto udp")).unwrap().datagram);
+    assert!(parse_str(&inline("remote gw 1194 udp")).unwrap().datagram);
     assert_eq!(p.verify_name.as_deref(), Some("vpn.example.com"));
     assert_eq!(
         (
@@ -79,8 +82,8 @@ fn malformed_lines_are_named() {
     let cases = [
         ("remote", 5, "takes 1 to 3"),
         ("remote gw 99999", 5, "bad port"),
-        ("remote gw 443 udp", 5, "tcp only"),
-        ("proto udp", 5, "over TCP"),
+        ("remote gw 443 sctp", 5, "expected tcp or udp"),
+        ("proto udp6", 5, "expected tcp or udp"),
         ("dev tap", 5, "only tun"),
         ("verify-x509-name x subject", 5, "not supported"),
         ("connect-retry soon", 5, "not a number"),

@@ -47,6 +47,9 @@ fn good_config() {
     let c = parse(GOOD).unwrap();
     assert_eq!(c.session_timeout, Duration::from_secs(12 * 3600));
     assert!(c.split_tunnel);
+    assert_eq!(c.transport_protocol, TransportProtocol::Tcp);
+    let udp = GOOD.replace("session_timeout", "transport_protocol = \"udp\"\nsession_timeout");
+    assert_eq!(parse(&udp).unwrap().transport_protocol, TransportProtocol::Udp);
     assert_eq!(c.tls.cert, PathBuf::from("/etc/cvpn/pki/issued/vpn.crt"));
     assert_eq!(c.tls.crl, Some(PathBuf::from("/etc/cvpn/crl.pem")));
     assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
@@ -101,6 +104,11 @@ fn errors_name_their_keys() {
             "at most 2",
         ),
         (GOOD.replace("12h", "25h"), "session_timeout", "at most 24h"),
+        (
+            GOOD.replace("session_timeout", "transport_protocol = \"quic\"\nsession_timeout"),
+            "transport_protocol",
+            "expected \"tcp\" or \"udp\"",
+        ),
         (
             GOOD.replace("12h", "soon"),
             "session_timeout",
