@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Throughput and latency of cvpn beside OpenVPN 2.6 (UDP, TCP), ocserv with
+# Throughput and latency of cvpn (over its TLS stream, and with its datagram
+# channel: cvpn-udp) beside OpenVPN 2.6 (UDP, TCP), ocserv with
 # openconnect (TLS only, DTLS) and plain kernel forwarding with SNAT, on the
 # same three namespaces (client, gateway, target), in one run. Prints one
 # table of medians and cvpn's ratio to each system. Needs root.
@@ -9,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=3
 BENCH_SECONDS=5
-SYSTEMS="plain cvpn openvpn-udp openvpn-tcp ocserv-tls ocserv-dtls"
+SYSTEMS="plain cvpn cvpn-udp openvpn-udp openvpn-tcp ocserv-tls ocserv-dtls"
 while (($#)); do
   case $1 in
     --runs) RUNS=$2; shift 2 ;;
@@ -46,6 +47,7 @@ for s in $SYSTEMS; do
   case $s in
     plain) start_plain && measure plain; stop_plain ;;
     cvpn) start_cvpn && measure cvpn; stop_cvpn ;;
+    cvpn-udp) CVPN_TRANSPORT=udp start_cvpn && measure $s; stop_cvpn ;;
     openvpn-udp) start_openvpn udp && measure $s; stop_openvpn ;;
     openvpn-tcp) start_openvpn tcp && measure $s; stop_openvpn ;;
     ocserv-tls) start_ocserv tls && measure $s; stop_ocserv ;;
@@ -80,15 +82,22 @@ printf '|%s|%s|%s|%s|%s|\n' "--------------------------" "-------------:" "-----
 for s in $SYSTEMS; do
   printf '| %-24s | %12s | %12s | %12s | %10s |\n' "$s" "${UP[$s]:-nan}" "${DOWN[$s]:-nan}" "${UP4[$s]:-nan}" "${RTT[$s]:-nan}"
 done
-if [[ -n "${UP[cvpn]:-}" ]]; then
+ms_diff() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan") print "-"; else printf "%+.3f", a - b }'; }
+if [[ -n "${UP[cvpn]:-}${UP[cvpn-udp]:-}" ]]; then
   echo
-  printf '| %-24s | %12s | %12s | %12s |\n' "cvpn / system" "up" "down" "up x4"
-  printf '|%s|%s|%s|%s|\n' "--------------------------" "-------------:" "-------------:" "-------------:"
-  for s in $SYSTEMS; do
-    [ "$s" = cvpn ] && continue
-    printf '| %-24s | %12s | %12s | %12s |\n' "cvpn / $s" "$(ratio "${UP[cvpn]}" "${UP[$s]:-nan}")" \
-      "$(ratio "${DOWN[cvpn]}" "${DOWN[$s]:-nan}")" "$(ratio "${UP4[cvpn]}" "${UP4[$s]:-nan}")"
+  printf '| %-24s | %12s | %12s | %12s | %10s |\n' "cvpn / system" "up" "down" "up x4" "RTT diff ms"
+  printf '|%s|%s|%s|%s|%s|\n' "--------------------------" "-------------:" "-------------:" "-------------:" "-----------:"
+  for c in cvpn cvpn-udp; do
+    [[ -n "${UP[$c]:-}" ]] || continue
+    for s in $SYSTEMS; do
+      [[ "$s" = cvpn* ]] && continue
+      printf '| %-24s | %12s | %12s | %12s | %10s |\n' "$c / $s" "$(ratio "${UP[$c]}" "${UP[$s]:-nan}")" \
+        "$(ratio "${DOWN[$c]}" "${DOWN[$s]:-nan}")" "$(ratio "${UP4[$c]}" "${UP4[$s]:-nan}")" \
+        "$(ms_diff "${RTT[$c]}" "${RTT[$s]:-nan}")"
+    done
   done
+fi
+if [[ -n "${UP[cvpn]:-}" ]]; then
   echo
   echo "cvpn-client start to first answered ping: median $CONNECT ms"
   echo

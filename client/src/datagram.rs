@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cvpn_proto::datagram::{
-    self, DatagramOffer, KIND_PACKET, KIND_PROBE, MAX_DATAGRAM, Opener, OVERHEAD, Sealer,
+    self, DatagramOffer, KIND_PACKET, KIND_PROBE, MAX_DATAGRAM, OVERHEAD, Opener, Sealer,
 };
 use cvpn_tundev::TunDevice;
 use tokio::net::UdpSocket;

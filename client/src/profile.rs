@@ -172,9 +172,8 @@ pub fn parse(
             }
             "proto" => {
                 want(1, 1)?;
-                udp = transport(&args[0]).ok_or_else(|| {
-                    err(n, format!("proto {}: expected tcp or udp", args[0]))
-                })?;
+                udp = transport(&args[0])
+                    .ok_or_else(|| err(n, format!("proto {}: expected tcp or udp", args[0])))?;
             }
             "remote" => {
                 want(1, 3)?;

@@ -89,7 +89,10 @@ mod tests {
         let mut d = [0u8; 64];
         let n = client.seal(KIND_PROBE, b"", &mut d).unwrap();
         let from: SocketAddr = "198.18.0.2:40000".parse().unwrap();
-        assert_eq!(path.open(&mut d[..n], from, t0).unwrap(), (KIND_PROBE, &b""[..]));
+        assert_eq!(
+            path.open(&mut d[..n], from, t0).unwrap(),
+            (KIND_PROBE, &b""[..])
+        );
         assert_eq!(path.live_peer(t0 + Duration::from_secs(5)), Some(from));
         assert_eq!(path.live_peer(t0 + PATH_TIMEOUT), None);
 

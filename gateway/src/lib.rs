@@ -4,8 +4,8 @@
 
 pub mod config;
 pub mod connlog;
-pub mod dataplane;
 pub mod datagram;
+pub mod dataplane;
 pub mod export;
 pub mod icmp;
 pub mod metrics;

@@ -11,12 +11,12 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use cvpn_gw::config::RouteTarget;
 use cvpn_gw::connlog::{Event, Record};
+use cvpn_gw::datagram::DatagramPath;
 use cvpn_gw::dataplane::{Counters, Outbox, SessionHandle};
 use cvpn_gw::icmp::{self, Unreachable};
-use cvpn_gw::datagram::DatagramPath;
 use cvpn_gw::policy::{Policy, Verdict};
-use cvpn_proto::datagram::DatagramOffer;
 use cvpn_pki::ClientIdentity;
+use cvpn_proto::datagram::DatagramOffer;
 use cvpn_proto::{
     Control, EndpointConfig, Frame, PROTOCOL_VERSION, VNET_HDR_LEN, decode, encode_control, vnet,
 };
@@ -158,11 +158,13 @@ where
         groups = ?who.identity.groups, client_ip = %address, device_ip = %who.device,
         os = %hello.os, datagram = handle.datagram.is_some(), "client connected"
     );
-    handle.outbox.push_control(&Control::Config(gw.endpoint_config(
-        address,
-        &handle.connection_id,
-        offer,
-    )));
+    handle
+        .outbox
+        .push_control(&Control::Config(gw.endpoint_config(
+            address,
+            &handle.connection_id,
+            offer,
+        )));
 
     let reason = tokio::select! {
         r = client_to_gateway(&gw, &mut rd, rbuf, &handle) => r,

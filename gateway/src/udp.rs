@@ -37,8 +37,7 @@ pub async fn datagram_reader(gw: Arc<Gateway>) -> Result<()> {
             }
         };
         let dgram = &mut buf[..n];
-        let Some(s) = datagram::session_of(dgram).and_then(|id| gw.registry.by_datagram(id))
-        else {
+        let Some(s) = datagram::session_of(dgram).and_then(|id| gw.registry.by_datagram(id)) else {
             gw.drops.no_session.fetch_add(1, Ordering::Relaxed);
             continue;
         };

@@ -163,7 +163,9 @@ impl Sealer {
             return Err(DatagramError::TooBig(payload.len()));
         }
         let len = payload.len() + OVERHEAD;
-        let out = out.get_mut(..len).ok_or(DatagramError::TooBig(payload.len()))?;
+        let out = out
+            .get_mut(..len)
+            .ok_or(DatagramError::TooBig(payload.len()))?;
         if self.next >= LAST_COUNTER {
             return Err(DatagramError::Exhausted);
         }

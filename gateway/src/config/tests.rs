@@ -48,8 +48,14 @@ fn good_config() {
     assert_eq!(c.session_timeout, Duration::from_secs(12 * 3600));
     assert!(c.split_tunnel);
     assert_eq!(c.transport_protocol, TransportProtocol::Tcp);
-    let udp = GOOD.replace("session_timeout", "transport_protocol = \"udp\"\nsession_timeout");
-    assert_eq!(parse(&udp).unwrap().transport_protocol, TransportProtocol::Udp);
+    let udp = GOOD.replace(
+        "session_timeout",
+        "transport_protocol = \"udp\"\nsession_timeout",
+    );
+    assert_eq!(
+        parse(&udp).unwrap().transport_protocol,
+        TransportProtocol::Udp
+    );
     assert_eq!(c.tls.cert, PathBuf::from("/etc/cvpn/pki/issued/vpn.crt"));
     assert_eq!(c.tls.crl, Some(PathBuf::from("/etc/cvpn/crl.pem")));
     assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
@@ -105,7 +111,10 @@ fn errors_name_their_keys() {
         ),
         (GOOD.replace("12h", "25h"), "session_timeout", "at most 24h"),
         (
-            GOOD.replace("session_timeout", "transport_protocol = \"quic\"\nsession_timeout"),
+            GOOD.replace(
+                "session_timeout",
+                "transport_protocol = \"quic\"\nsession_timeout",
+            ),
             "transport_protocol",
             "expected \"tcp\" or \"udp\"",
         ),
