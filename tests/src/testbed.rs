@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use crate::netns::{Netns, Proc, in_ns, run_ok};
+use crate::netns::{Netns, Proc, in_ns, run_ok, sh_ok};
 use crate::{Pki, bin};
 
 pub const TARGET: &str = "192.168.1.20";
@@ -220,6 +220,32 @@ target = "tn-a"
                 .arg(self.control_socket()),
         );
         serde_json::from_str(&out).expect("connections --json")
+    }
+
+    /// 20 MB between client namespace `c` and the target, checked byte for
+    /// byte by the receiving side (the target with `upload`). Returns what the
+    /// client side printed and what the target side printed once done.
+    pub fn transfer(&self, c: &str, port: u16, seed: u32, upload: bool) -> (String, String) {
+        let flag = if upload { "--upload " } else { "" };
+        let mut target = Proc::spawn("target side", {
+            let mut cmd = in_ns(&self.target, &self.helper());
+            cmd.args(["serve", "--listen", &format!("{TARGET}:{port}")]);
+            cmd.args(["--bytes", "20000000", "--seed", &seed.to_string()]);
+            if upload {
+                cmd.arg("--upload");
+            }
+            cmd
+        });
+        target.wait_for("listening", 10);
+        let client = sh_ok(
+            c,
+            &format!(
+                "{} fetch {flag}--connect {TARGET}:{port} --bytes 20000000 --seed {seed}",
+                self.helper().display()
+            ),
+        );
+        let done = target.wait_for(if upload { "ok " } else { "peer=" }, 10);
+        (client, done)
     }
 
     pub fn helper(&self) -> PathBuf {

@@ -3,7 +3,7 @@
 //! transfers still arrive byte-exact, garbage datagrams change nothing, and
 //! when UDP is blocked the session carries on over its TLS stream.
 
-use cvpn_e2e::netns::{Proc, in_ns, sh_ok};
+use cvpn_e2e::netns::sh_ok;
 use cvpn_e2e::testbed::{ENI, TARGET, Testbed};
 
 const ALL_USERS: &str = r#"
@@ -24,29 +24,6 @@ fn udp_counters(ns: &str) -> (u64, u64) {
         rows[1][i].parse::<u64>().expect("counter")
     };
     (value("InDatagrams"), value("OutDatagrams"))
-}
-
-fn transfer(tb: &Testbed, c: &str, port: u16, upload: bool) -> String {
-    let mut target = Proc::spawn("target side", {
-        let mut cmd = in_ns(&tb.target, &tb.helper());
-        cmd.args(["serve", "--listen", &format!("{TARGET}:{port}")]);
-        cmd.args(["--bytes", "20000000", "--seed", "3"]);
-        if upload {
-            cmd.arg("--upload");
-        }
-        cmd
-    });
-    target.wait_for("listening", 10);
-    let flag = if upload { "--upload " } else { "" };
-    let client = sh_ok(
-        c,
-        &format!(
-            "{} fetch {flag}--connect {TARGET}:{port} --bytes 20000000 --seed 3",
-            tb.helper().display()
-        ),
-    );
-    let done = target.wait_for(if upload { "ok " } else { "peer=" }, 10);
-    format!("{client}{done}")
 }
 
 #[test]
@@ -70,13 +47,13 @@ fn small_packets_take_udp_and_the_stream_takes_over_when_udp_is_blocked() {
 
     // Bulk both ways, with small packets on UDP and big ones on the
     // stream: still byte-exact, from the ENI address.
-    let down = transfer(&tb, c, 5011, false);
-    assert!(down.contains("ok 20000000 bytes"), "{down}");
-    assert!(down.contains(&format!("peer={ENI}\n")), "{down}");
-    let up = transfer(&tb, c, 5012, true);
+    let (fetched, seen) = tb.transfer(c, 5011, 3, false);
+    assert!(fetched.contains("ok 20000000 bytes"), "{fetched}");
+    assert!(seen.contains(&format!("peer={ENI}\n")), "{seen}");
+    let (_, checked) = tb.transfer(c, 5012, 4, true);
     assert!(
-        up.contains(&format!("ok 20000000 bytes from {ENI}")),
-        "{up}"
+        checked.contains(&format!("ok 20000000 bytes from {ENI}")),
+        "{checked}"
     );
 
     // Garbage at the datagram port: no session id it knows, short, empty.

@@ -1,7 +1,7 @@
 //! The tunnel end to end, in namespaces: reachability through SNAT, pushed
 //! routes, cleanup of everything the client installed.
 
-use cvpn_e2e::netns::{Proc, in_ns, sh, sh_ok};
+use cvpn_e2e::netns::{sh, sh_ok};
 use cvpn_e2e::testbed::{ENI, PEERED, TARGET, Testbed};
 
 const ALL_USERS: &str = r#"
@@ -24,32 +24,6 @@ fn ours(routes: &[String]) -> Vec<String> {
         .collect();
     r.sort();
     r
-}
-
-/// 20 MB between client namespace `c` and the target, checked byte for
-/// byte by the receiving side (the target with `upload`). Returns what the
-/// client side printed and what the target side printed once done.
-fn transfer(tb: &Testbed, c: &str, port: u16, seed: u32, upload: bool) -> (String, String) {
-    let flag = if upload { "--upload " } else { "" };
-    let mut target = Proc::spawn("target side", {
-        let mut cmd = in_ns(&tb.target, &tb.helper());
-        cmd.args(["serve", "--listen", &format!("{TARGET}:{port}")]);
-        cmd.args(["--bytes", "20000000", "--seed", &seed.to_string()]);
-        if upload {
-            cmd.arg("--upload");
-        }
-        cmd
-    });
-    target.wait_for("listening", 10);
-    let client = sh_ok(
-        c,
-        &format!(
-            "{} fetch {flag}--connect {TARGET}:{port} --bytes 20000000 --seed {seed}",
-            tb.helper().display()
-        ),
-    );
-    let done = target.wait_for(if upload { "ok " } else { "peer=" }, 10);
-    (client, done)
 }
 
 #[test]
@@ -81,7 +55,7 @@ fn split_tunnel_reaches_target_and_peered_network() {
     sh_ok(c, &format!("ping -c 2 -W 3 {PEERED}"));
 
     // 20 MB, byte-exact; the target sees the ENI address.
-    let (fetched, seen) = transfer(&tb, c, 5001, 7, false);
+    let (fetched, seen) = tb.transfer(c, 5001, 7, false);
     assert!(fetched.contains("ok 20000000 bytes"), "{fetched}");
     assert!(
         seen.contains(&format!("peer={ENI}\n")),
@@ -89,7 +63,7 @@ fn split_tunnel_reaches_target_and_peered_network() {
     );
     // 20 MB the other way: what the client's tun device reads goes out
     // behind frame headers written in place.
-    let (pushed, checked) = transfer(&tb, c, 5002, 9, true);
+    let (pushed, checked) = tb.transfer(c, 5002, 9, true);
     assert!(pushed.contains("sent 20000000 bytes"), "{pushed}");
     assert!(
         checked.contains(&format!("ok 20000000 bytes from {ENI}")),
