@@ -25,6 +25,7 @@ pub async fn datagram_reader(gw: Arc<Gateway>) -> Result<()> {
     };
     let mut buf = vec![0u8; 64 * 1024];
     let mut reply: Reply = [0u8; VNET_HDR_LEN + cvpn_gw::icmp::MAX_REPLY];
+    let mut tun_buf = vec![0u8; cvpn_proto::MAX_PACKET_FRAME];
     loop {
         let (n, from) = match udp.recv_from(&mut buf).await {
             Ok(r) => r,
@@ -61,6 +62,28 @@ pub async fn datagram_reader(gw: Arc<Gateway>) -> Result<()> {
         }
         let policy = gw.policy.load();
         session::forward(&gw, &s, &policy, payload, &mut reply).await;
+        take_replies(&gw, &mut tun_buf);
+    }
+}
+
+/// Packets taken from the tun device after a datagram's tun write.
+const REPLIES_AT_ONCE: usize = 8;
+
+/// The kernel forwards a tun write before the write returns, so a nearby
+/// host's reply (a ping, an ACK) is often queued already: sending it now, as
+/// a datagram from this task, saves the tun reader's wake-up on the round
+/// trip (6 µs of idle RTT in 5 of 5 interleaved rounds, bench/README.md).
+/// The tun reader handles whatever is left. Should it be reading at the
+/// same moment, two packets of one flow may reach the client out of order,
+/// as they may on any UDP path.
+fn take_replies(gw: &Gateway, buf: &mut [u8]) {
+    for _ in 0..REPLIES_AT_ONCE {
+        let Ok(n) = gw.tun.recv_now(buf) else {
+            return;
+        };
+        cvpn_gw::dataplane::deliver(&gw.registry, &gw.drops, &buf[..n], |s, p| {
+            gw.send_datagram(s, p)
+        });
     }
 }
 

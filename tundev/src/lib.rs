@@ -66,6 +66,14 @@ impl TunDevice {
     }
 
     /// A read that completes only if a packet is already queued.
+    /// Reads one packet now, whether or not the runtime has seen the device
+    /// readable yet (WouldBlock if none is queued): a reply the kernel
+    /// queued during the caller's own tun write is there before the
+    /// runtime's next poll would report it.
+    pub fn recv_now(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        tun::Device::recv(&self.dev, buf)
+    }
+
     pub fn try_recv(&self, buf: &mut [u8]) -> Option<std::io::Result<usize>> {
         use std::future::Future;
         use std::pin::pin;
