@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use arc_swap::ArcSwap;
 use cvpn_gw::config::{Config, TransportProtocol};
 use cvpn_gw::connlog::{ConnLog, Event, Record};
-use cvpn_gw::dataplane::{self, Drops, Registry};
+use cvpn_gw::dataplane::{Drops, Registry};
 use cvpn_gw::metrics::Tally;
 use cvpn_gw::netsetup::{self, nft};
 use cvpn_gw::policy::Policy;
@@ -307,9 +307,7 @@ async fn tun_reader(gw: Arc<Gateway>) -> Result<()> {
             .recv(&mut buf)
             .await
             .context("reading the tun device")?;
-        dataplane::deliver(&gw.registry, &gw.drops, &buf[..n], |s, p| {
-            gw.send_datagram(s, p)
-        });
+        gw.deliver(&buf[..n]);
     }
 }
 

@@ -312,9 +312,7 @@ pub async fn forward(
             return;
         }
         Verdict::Forward(RouteTarget::Local) => {
-            return cvpn_gw::dataplane::deliver(&gw.registry, &gw.drops, payload, |s, p| {
-                gw.send_datagram(s, p)
-            });
+            return gw.deliver(payload);
         }
         Verdict::NoRoute => {
             gw.drops.no_route.fetch_add(1, Ordering::Relaxed);

@@ -81,13 +81,19 @@ fn take_replies(gw: &Gateway, buf: &mut [u8]) {
         let Ok(n) = gw.tun.recv_now(buf) else {
             return;
         };
-        cvpn_gw::dataplane::deliver(&gw.registry, &gw.drops, &buf[..n], |s, p| {
-            gw.send_datagram(s, p)
-        });
+        gw.deliver(&buf[..n]);
     }
 }
 
 impl Gateway {
+    /// Hands one packet for a client (virtio-net header and IP packet) to
+    /// its session: as a datagram if it can go as one, else on the stream.
+    pub fn deliver(&self, packet: &[u8]) {
+        cvpn_gw::dataplane::deliver(&self.registry, &self.drops, packet, |s, p| {
+            self.send_datagram(s, p)
+        });
+    }
+
     /// Sends one packet read from the tun device to its session as a
     /// datagram; false if it must take the TLS stream (too big, an offload
     /// train, no live datagram path, or the socket is full).
