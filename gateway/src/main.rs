@@ -1,6 +1,7 @@
 //! `cvpn-gw`: the command line of the endpoint.
 
 mod control;
+mod datapath;
 mod metrics_http;
 mod serve;
 mod session;

@@ -19,12 +19,12 @@ use cvpn_gw::tls;
 use cvpn_proto::Control;
 use rustls::ServerConfig;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::session::{self, Admitted, TUNNEL_MTU};
-use crate::{control, metrics_http, udp};
+use crate::{control, datapath, metrics_http};
 
 pub const TUN_NAME: &str = "cvpn-gw0";
 /// Packets the kernel may queue for the gateway to read from its tun device.
@@ -37,9 +37,10 @@ pub struct Gateway {
     pub tls: ArcSwap<ServerConfig>,
     pub registry: Registry,
     pub pool: Mutex<Pool>,
-    pub tun: cvpn_tundev::TunDevice,
-    /// The datagram channel's socket (transport_protocol = "udp").
-    pub udp: Option<UdpSocket>,
+    pub tun: datapath::Tun,
+    /// The datagram channel's socket (transport_protocol = "udp"),
+    /// non-blocking, read by the packet thread.
+    pub udp: Option<std::net::UdpSocket>,
     pub connlog: Option<ConnLog>,
     pub gateway_addr: Ipv4Addr,
     pub drops: Drops,
@@ -132,11 +133,12 @@ pub async fn serve(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
     let udp = match config.transport_protocol {
-        TransportProtocol::Udp => Some(
-            UdpSocket::bind(config.listen)
-                .await
-                .with_context(|| format!("listen: cannot bind {} for UDP", config.listen))?,
-        ),
+        TransportProtocol::Udp => {
+            let sock = std::net::UdpSocket::bind(config.listen)
+                .with_context(|| format!("listen: cannot bind {} for UDP", config.listen))?;
+            sock.set_nonblocking(true)?;
+            Some(sock)
+        }
         TransportProtocol::Tcp => None,
     };
     let connlog = match &config.connection_log {
@@ -148,7 +150,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let pool = Pool::new(config.client_cidr);
     let gateway_addr = pool.gateway_address();
     let netmask = ipnet::Ipv4Net::new(gateway_addr, config.client_cidr.prefix_len())?.netmask();
-    let tun = cvpn_tundev::TunDevice::create(TUN_NAME, gateway_addr, netmask, TUNNEL_MTU)?;
+    let tun = datapath::Tun::create(TUN_NAME, gateway_addr, netmask, TUNNEL_MTU, udp.is_some())?;
     netsetup::set_txqueuelen(TUN_NAME, TUN_QUEUE_LEN).await?;
 
     let mut host = HostState {
@@ -191,10 +193,8 @@ pub async fn serve(config: Config) -> Result<()> {
           eni = ?enis, "endpoint up");
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(tun_reader(gw.clone()));
-    if gw.udp.is_some() {
-        tasks.spawn(udp::datagram_reader(gw.clone()));
-    }
+    let stop_packets = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    datapath::start(&gw, &mut tasks, stop_packets.clone());
     tasks.spawn(crl_watcher(gw.clone()));
     // Kept apart: on shutdown it stops first, so no client is admitted
     // while the others are being told to leave.
@@ -223,6 +223,7 @@ pub async fn serve(config: Config) -> Result<()> {
     while !gw.registry.all().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    stop_packets.store(true, std::sync::atomic::Ordering::Relaxed);
     tasks.abort_all();
     host.teardown();
     info!("endpoint down; host set-up removed");
@@ -296,19 +297,6 @@ async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         },
     )
     .await;
-}
-
-/// Reads packets from the tun device and hands each to its session.
-async fn tun_reader(gw: Arc<Gateway>) -> Result<()> {
-    let mut buf = vec![0u8; cvpn_proto::MAX_PACKET_FRAME];
-    loop {
-        let n = gw
-            .tun
-            .recv(&mut buf)
-            .await
-            .context("reading the tun device")?;
-        gw.deliver(&buf[..n]);
-    }
 }
 
 fn mtime(path: &std::path::Path) -> Option<SystemTime> {

@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep, timeout};
 use tracing::{debug, info, warn};
 
+use crate::datapath;
 use crate::serve::Gateway;
 
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -210,6 +211,7 @@ async fn client_to_gateway<R: AsyncRead + Unpin>(
     loop {
         let policy = gw.policy.load();
         let mut pos = 0;
+        let mut forwarded = false;
         loop {
             let (frame, n) = match decode(&buf[pos..]) {
                 Ok(Some(f)) => f,
@@ -228,7 +230,11 @@ async fn client_to_gateway<R: AsyncRead + Unpin>(
                     Err(e) => return format!("protocol error: {e}"),
                 },
             };
-            forward(gw, handle, &policy, payload, &mut reply).await;
+            forward(gw, handle, &policy, payload, &mut reply);
+            forwarded = true;
+        }
+        if forwarded {
+            datapath::take_replies(gw);
         }
         buf.advance(pos);
         match read_more(rd, &mut buf, &mut want, &mut idle).await {
@@ -285,7 +291,7 @@ async fn read_more<R: AsyncRead + Unpin>(
 
 /// Applies the policy to one packet frame from the client (virtio-net
 /// header and IP packet) and sends it on, or answers it with ICMP.
-pub async fn forward(
+pub fn forward(
     gw: &Gateway,
     handle: &SessionHandle,
     policy: &Policy,
@@ -306,7 +312,7 @@ pub async fn forward(
             return;
         }
         Verdict::Forward(RouteTarget::Network(_)) => {
-            if let Err(e) = gw.tun.send(payload).await {
+            if let Err(e) = gw.tun.write(payload) {
                 debug!(error = %e, "tun write failed");
             }
             return;
