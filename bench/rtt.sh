@@ -29,35 +29,6 @@ bench_prepare cvpn-rtt openvpn ocserv openconnect vpnc-scripts jq
 "$BIN/cvpn-pki" --dir "$WORK/pki" init --cn "Bench CA" >/dev/null
 "$BIN/cvpn-pki" --dir "$WORK/pki" issue server vpn.example.com --ip $GW_OUT >/dev/null
 "$BIN/cvpn-pki" --dir "$WORK/pki" issue client bench >/dev/null
-OWN_BIN=$BIN
-
-start_system() { # start_system NAME: the system, started with its binaries
-  BIN=$OWN_BIN
-  case $1 in
-    *-alt) [ -n "${CVPN_ALT_BIN:-}" ] || { echo "$1 needs CVPN_ALT_BIN" >&2; return 1; } ;;
-  esac
-  case $1 in
-    plain) start_plain ;;
-    cvpn) start_cvpn ;;
-    cvpn-udp) CVPN_TRANSPORT=udp start_cvpn ;;
-    cvpn-alt) BIN=$CVPN_ALT_BIN start_cvpn ;;
-    cvpn-udp-alt) BIN=$CVPN_ALT_BIN CVPN_TRANSPORT=udp start_cvpn ;;
-    openvpn-udp) start_openvpn udp ;;
-    openvpn-tcp) start_openvpn tcp ;;
-    ocserv-tls) start_ocserv tls ;;
-    ocserv-dtls) start_ocserv dtls ;;
-    *) echo "unknown system $1" >&2; return 2 ;;
-  esac
-}
-stop_system() {
-  case $1 in
-    plain) stop_plain ;;
-    openvpn-*) stop_openvpn ;;
-    ocserv-*) stop_ocserv ;;
-    *) stop_cvpn ;;
-  esac
-}
-
 declare -A ROUND
 for ((r = 1; r <= ROUNDS; r++)); do
   for s in $SYSTEMS; do

@@ -21,6 +21,39 @@ stop_all() {
   bg_pids=()
 }
 
+# start_system NAME / stop_system NAME: any system by its name in the
+# tables: plain, cvpn, cvpn-udp, openvpn-udp, openvpn-tcp, ocserv-tls,
+# ocserv-dtls; and cvpn-alt / cvpn-udp-alt, cvpn with the cvpn-gw and
+# cvpn-client found in $CVPN_ALT_BIN (an A/B of two builds in one run).
+start_system() {
+  local own=$BIN rc=0
+  case $1 in
+    *-alt) [ -n "${CVPN_ALT_BIN:-}" ] || { echo "$1 needs CVPN_ALT_BIN" >&2; return 1; } ;;
+  esac
+  case $1 in
+    plain) start_plain ;;
+    cvpn) start_cvpn ;;
+    cvpn-udp) CVPN_TRANSPORT=udp start_cvpn ;;
+    cvpn-alt) BIN=$CVPN_ALT_BIN; start_cvpn || rc=$? ;;
+    cvpn-udp-alt) BIN=$CVPN_ALT_BIN; CVPN_TRANSPORT=udp start_cvpn || rc=$? ;;
+    openvpn-udp) start_openvpn udp ;;
+    openvpn-tcp) start_openvpn tcp ;;
+    ocserv-tls) start_ocserv tls ;;
+    ocserv-dtls) start_ocserv dtls ;;
+    *) echo "unknown system $1" >&2; return 2 ;;
+  esac || rc=$?
+  BIN=$own
+  return $rc
+}
+stop_system() {
+  case $1 in
+    plain) stop_plain ;;
+    openvpn-*) stop_openvpn ;;
+    ocserv-*) stop_ocserv ;;
+    *) stop_cvpn ;;
+  esac
+}
+
 # --- plain kernel forwarding with SNAT: the machine's limit for this path
 start_plain() {
   in_c ip route add 192.168.1.0/24 via $GW_OUT
