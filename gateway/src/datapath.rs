@@ -86,7 +86,7 @@ async fn tun_reader(gw: Arc<Gateway>) -> Result<()> {
     }
 }
 
-/// Packets taken from one side before looking at the other.
+/// Packets read from the tun device per wake-up at most.
 const BURST: usize = 64;
 /// How long the thread sleeps at most before looking at `stop`.
 const STOP_CHECK: Duration = Duration::from_millis(200);
