@@ -66,11 +66,25 @@ snat_off() { in_g nft delete table ip bench_nat 2>/dev/null || true; }
 
 # iperf3 against the target: prints Gbit/s. Args: extra iperf3 flags.
 iperf_gbps() {
-  in_t iperf3 -s -1 -D -p 5201 >/dev/null 2>&1
-  sleep 0.3
+  iperf_server
   local json
-  json=$(in_c timeout $((BENCH_SECONDS + 20)) iperf3 -c $TARGET -p 5201 -t "$BENCH_SECONDS" -O 1 -J "$@" 2>/dev/null) || { echo "nan"; return; }
+  json=$(in_c timeout -k 5 $((BENCH_SECONDS + 20)) iperf3 -c $TARGET -p 5201 -t "$BENCH_SECONDS" -O 1 -J "$@" 2>/dev/null) || { echo "nan"; return; }
   jq -r '.end.sum_received.bits_per_second / 1e9 * 1000 | floor / 1000' <<<"$json" 2>/dev/null || echo nan
+}
+
+# A fresh one-shot iperf3 server in the target. The last one may still be
+# finishing its test (slow tunnels drain late), and a new server cannot bind
+# its port then: the client found the old one gone ("connection refused").
+iperf_server() {
+  local p _
+  for p in $(ip netns pids "$NS_T" 2>/dev/null); do
+    [ "$(cat /proc/"$p"/comm 2>/dev/null)" = iperf3 ] && kill -9 "$p" 2>/dev/null
+  done
+  in_t iperf3 -s -1 -D -p 5201 >/dev/null 2>&1
+  for _ in $(seq 50); do
+    in_t ss -Hltn 'sport = :5201' | grep -q . && return 0
+    sleep 0.1
+  done
 }
 
 # Median RTT in ms of PING_COUNT pings (100: the median of 20 moved by
@@ -83,7 +97,7 @@ ping_ms() {
 
 # Median of the arguments (nan ignored).
 median() {
-  printf '%s\n' "$@" | grep -v nan | sort -g |
+  printf '%s\n' "$@" | { grep -v nan || true; } | sort -g |
     awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'
 }
 
