@@ -72,17 +72,18 @@ iperf_gbps() {
   jq -r '.end.sum_received.bits_per_second / 1e9 * 1000 | floor / 1000' <<<"$json" 2>/dev/null || echo nan
 }
 
-# A fresh one-shot iperf3 server in the target. The last one may still be
-# finishing its test (slow tunnels drain late), and a new server cannot bind
-# its port then: the client found the old one gone ("connection refused").
+# Fresh one-shot iperf3 servers in the target, one per port (default 5201).
+# The last test's may still be finishing (slow tunnels drain late), and a
+# new server cannot bind its port then: the client found the old one gone
+# ("connection refused").
 iperf_server() {
-  local p _
+  local p _ ports=("${@:-5201}")
   for p in $(ip netns pids "$NS_T" 2>/dev/null); do
     [ "$(cat /proc/"$p"/comm 2>/dev/null)" = iperf3 ] && kill -9 "$p" 2>/dev/null
   done
-  in_t iperf3 -s -1 -D -p 5201 >/dev/null 2>&1
+  for p in "${ports[@]}"; do in_t iperf3 -s -1 -D -p "$p" >/dev/null 2>&1; done
   for _ in $(seq 50); do
-    in_t ss -Hltn 'sport = :5201' | grep -q . && return 0
+    (($(in_t ss -Hltn | grep -cE ":($(IFS='|'; echo "${ports[*]}")) ") >= ${#ports[@]})) && return 0
     sleep 0.1
   done
 }

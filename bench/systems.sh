@@ -194,11 +194,10 @@ cpu_percent_during() { # cpu_percent_during PID CMD...
 
 # iperf3 up from each client at once; writes the total Gbit/s to $WORK/multi.gbps.
 iperf_both_clients() {
-  in_t iperf3 -s -1 -D -p 5201 >/dev/null 2>&1; in_t iperf3 -s -1 -D -p 5202 >/dev/null 2>&1
-  sleep 0.3
-  in_c timeout $((BENCH_SECONDS + 20)) iperf3 -c $TARGET -p 5201 -t "$BENCH_SECONDS" -O 1 -J >"$WORK/multi1.json" 2>/dev/null &
+  iperf_server 5201 5202
+  in_c timeout -k 5 $((BENCH_SECONDS + 20)) iperf3 -c $TARGET -p 5201 -t "$BENCH_SECONDS" -O 1 -J >"$WORK/multi1.json" 2>/dev/null &
   local p1=$!
-  in_c2 timeout $((BENCH_SECONDS + 20)) iperf3 -c $TARGET -p 5202 -t "$BENCH_SECONDS" -O 1 -J >"$WORK/multi2.json" 2>/dev/null
+  in_c2 timeout -k 5 $((BENCH_SECONDS + 20)) iperf3 -c $TARGET -p 5202 -t "$BENCH_SECONDS" -O 1 -J >"$WORK/multi2.json" 2>/dev/null
   wait $p1
   jq -s '[.[].end.sum_received.bits_per_second] | add / 1e9 * 1000 | floor / 1000' \
     "$WORK/multi1.json" "$WORK/multi2.json" >"$WORK/multi.gbps" 2>/dev/null || echo nan >"$WORK/multi.gbps"
