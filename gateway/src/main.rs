@@ -7,8 +7,6 @@ mod serve;
 mod session;
 mod udp;
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -17,6 +15,7 @@ use clap::{Parser, Subcommand};
 use cvpn_gw::config::{Config, RouteTarget};
 use cvpn_gw::export::{ProfileParts, render_profile};
 use cvpn_gw::policy::Policy;
+use cvpn_proto::text::Untrusted;
 use serde_json::json;
 
 #[derive(Parser)]
@@ -126,7 +125,9 @@ fn run(cli: Cli) -> Result<()> {
                 "CONNECTION ID", "COMMON NAME", "CLIENT IP", "DEVICE", "INGRESS B", "EGRESS B"
             );
             for c in v["connections"].as_array().into_iter().flatten() {
-                let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+                // A common name is whatever the CA signed: escape it so it
+                // cannot drive the terminal.
+                let s = |k: &str| Untrusted::capped(c[k].as_str().unwrap_or(""), 64).to_string();
                 println!(
                     "{:<28} {:<20} {:<15} {:<22} {:>12} {:>12}",
                     s("connection-id"),
@@ -263,14 +264,11 @@ fn export_profile(
     });
     match out {
         Some(path) => {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
+            // A new 0600 file renamed over `path`: the key is never
+            // readable by others, and a symlink at `path` is replaced,
+            // never written through.
+            cvpn_pki::store::write_atomic(path, text.as_bytes(), 0o600)
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            f.write_all(text.as_bytes())?;
             eprintln!("wrote {} (it holds {client}'s private key)", path.display());
         }
         None => print!("{text}"),

@@ -17,6 +17,7 @@ use cvpn_gw::policy::Policy;
 use cvpn_gw::pool::Pool;
 use cvpn_gw::tls;
 use cvpn_proto::Control;
+use cvpn_proto::text::untrusted;
 use rustls::ServerConfig;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -72,7 +73,9 @@ impl Gateway {
     /// Logs a refused attempt and tells the client why.
     pub async fn refuse<W: AsyncWrite + Unpin>(&self, wr: &mut W, record: Record) {
         if let Event::Failed { reason } = &record.event {
-            warn!(device_ip = %record.device, common_name = ?record.common_name, %reason, "connection refused");
+            let cn = record.common_name.as_deref().unwrap_or("NA");
+            warn!(device_ip = %record.device, common_name = %untrusted(cn),
+                  reason = %untrusted(reason), "connection refused");
             let mut buf = bytes::BytesMut::new();
             let _ = cvpn_proto::encode_control(
                 &mut buf,
@@ -124,6 +127,9 @@ pub async fn serve(config: Config) -> Result<()> {
         info!(max_open_files = n, "file descriptor limit");
     }
     let tls_config = tls::server_config(&config.tls)?;
+    // Before anything on the host is touched: a second gateway in this
+    // network namespace would take the first one's table and forwarding.
+    let _instance = netsetup::lock_instance(std::path::Path::new(netsetup::LOCK_DIR))?;
     if netsetup::clear_stale()? {
         info!("removed the nftables table left by a previous run");
     }
@@ -168,7 +174,13 @@ pub async fn serve(config: Config) -> Result<()> {
         })
         .collect();
     host.applied = Some(netsetup::apply(|before| {
-        nft::ruleset(TUN_NAME, config.client_cidr, &targets, before)
+        nft::ruleset(
+            TUN_NAME,
+            config.client_cidr,
+            &targets,
+            before,
+            std::process::id(),
+        )
     })?);
 
     let gw = Arc::new(Gateway {
@@ -331,7 +343,8 @@ async fn crl_watcher(gw: Arc<Gateway>) -> Result<()> {
         info!(path = %path.display(), revoked = revoked.len(), "CRL reloaded");
         for s in gw.registry.all() {
             if revoked.contains(&s.serial) {
-                info!(connection_id = %s.connection_id, common_name = %s.common_name, "certificate revoked: ending session");
+                info!(connection_id = %s.connection_id, common_name = %untrusted(&s.common_name),
+                      "certificate revoked: ending session");
                 s.terminate("certificate revoked");
             }
         }

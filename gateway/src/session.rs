@@ -17,6 +17,7 @@ use cvpn_gw::icmp::{self, Unreachable};
 use cvpn_gw::policy::{Policy, Verdict};
 use cvpn_pki::ClientIdentity;
 use cvpn_proto::datagram::DatagramOffer;
+use cvpn_proto::text::{truncate_chars, untrusted};
 use cvpn_proto::{
     Control, EndpointConfig, Frame, PROTOCOL_VERSION, VNET_HDR_LEN, decode, encode_control, vnet,
 };
@@ -38,6 +39,8 @@ const READ_RESERVE: usize = cvpn_proto::HEADER_LEN + cvpn_proto::MAX_PACKET_FRAM
 /// session holds a few KiB, a busy one reads up to BUSY_READ per call.
 const IDLE_READ: usize = 4 * 1024;
 const BUSY_READ: usize = 256 * 1024;
+/// How much of a reason a peer wrote is kept for the connection log.
+pub const MAX_REASON_CHARS: usize = 200;
 /// A session without traffic this long gives its buffers back.
 const SHRINK_AFTER: Duration = Duration::from_secs(2);
 
@@ -104,11 +107,17 @@ where
     let hello = match timeout(HELLO_TIMEOUT, read_control(&mut rd, &mut rbuf)).await {
         Ok(Ok(Control::Hello(h))) => h,
         Ok(Ok(other)) => {
-            return gw
-                .refuse(&mut wr, fail(format!("expected hello, got {other:?}")))
-                .await;
+            let what = format!("{other:?}");
+            let why = format!(
+                "expected hello, got {}",
+                truncate_chars(&what, MAX_REASON_CHARS)
+            );
+            return gw.refuse(&mut wr, fail(why)).await;
         }
-        Ok(Err(e)) => return gw.refuse(&mut wr, fail(format!("bad hello: {e}"))).await,
+        Ok(Err(e)) => {
+            let why = format!("bad hello: {}", truncate_chars(&e, MAX_REASON_CHARS));
+            return gw.refuse(&mut wr, fail(why)).await;
+        }
         Err(_) => {
             return gw
                 .refuse(&mut wr, fail("no hello within 10 s".into()))
@@ -154,10 +163,12 @@ where
     });
     gw.registry.insert(handle.clone());
     gw.log(&handle.record(Event::Connected));
+    let groups: Vec<_> = who.identity.groups.iter().map(|g| untrusted(g)).collect();
     info!(
-        connection_id = %handle.connection_id, common_name = %handle.common_name,
-        groups = ?who.identity.groups, client_ip = %address, device_ip = %who.device,
-        os = %hello.os, datagram = handle.datagram.is_some(), "client connected"
+        connection_id = %handle.connection_id, common_name = %untrusted(&handle.common_name),
+        groups = ?groups, client_ip = %address, device_ip = %who.device,
+        os = %untrusted(&hello.os), software = %untrusted(&hello.client),
+        datagram = handle.datagram.is_some(), "client connected"
     );
     handle
         .outbox
@@ -188,7 +199,8 @@ where
         wr.shutdown().await
     })
     .await;
-    info!(connection_id = %handle.connection_id, common_name = %handle.common_name, %reason, "session ended");
+    info!(connection_id = %handle.connection_id, common_name = %untrusted(&handle.common_name),
+          reason = %untrusted(&reason), "session ended");
     gw.log(&handle.record(Event::Ended {
         end: time::OffsetDateTime::now_utc(),
         reason,
@@ -224,10 +236,26 @@ async fn client_to_gateway<R: AsyncRead + Unpin>(
                 Frame::Control(c) => match Control::parse(c) {
                     Ok(Control::Keepalive) => continue,
                     Ok(Control::Disconnect { reason }) => {
-                        return format!("client disconnected: {reason}");
+                        // Kept for the connection log, which escapes it.
+                        return format!(
+                            "client disconnected: {}",
+                            truncate_chars(&reason, MAX_REASON_CHARS)
+                        );
                     }
-                    Ok(other) => return format!("protocol error: unexpected {other:?}"),
-                    Err(e) => return format!("protocol error: {e}"),
+                    Ok(other) => {
+                        let what = format!("{other:?}");
+                        return format!(
+                            "protocol error: unexpected {}",
+                            truncate_chars(&what, MAX_REASON_CHARS)
+                        );
+                    }
+                    Err(e) => {
+                        let why = e.to_string();
+                        return format!(
+                            "protocol error: {}",
+                            truncate_chars(&why, MAX_REASON_CHARS)
+                        );
+                    }
                 },
             };
             forward(gw, handle, &policy, payload, &mut reply);
@@ -335,7 +363,7 @@ pub fn forward(
                 .fetch_add(1, Ordering::Relaxed)
                 .is_multiple_of(1000)
             {
-                warn!(connection_id = %handle.connection_id, common_name = %handle.common_name,
+                warn!(connection_id = %handle.connection_id, common_name = %untrusted(&handle.common_name),
                       "dropped a packet with a forged source address");
             }
             return;

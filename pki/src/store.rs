@@ -7,7 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::KeyPair;
@@ -357,19 +357,26 @@ pub fn read_pem(path: &Path, label: &str) -> Result<Vec<u8>, PkiError> {
 }
 
 /// Replaces `path` with `data`: a crash leaves either the old or the new file.
+/// The data goes to a new file, created with `mode` (never through a
+/// symlink or into a file someone else created), then renamed over `path`;
+/// a symlink at `path` is replaced, its target untouched.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let mut tag = [0u8; 8];
+    getrandom::fill(&mut tag).map_err(|e| PkiError::Generate(format!("randomness: {e}")))?;
+    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = path.with_file_name(format!(".{name}.{tag}.tmp"));
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&tmp)?;
+        // create_new applied `mode` through the umask; set it exactly.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)

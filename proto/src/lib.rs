@@ -11,6 +11,7 @@ pub mod control;
 pub mod datagram;
 pub mod frame;
 pub mod record;
+pub mod text;
 pub mod tls;
 pub mod transport;
 pub mod vnet;

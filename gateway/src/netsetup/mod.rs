@@ -1,10 +1,16 @@
 //! What forwarding needs on the gateway host, added at start and removed at
 //! exit: IPv4 forwarding, the nftables table. The tun device and the
 //! client-CIDR route (the tun's connected route) vanish with the process.
+//! One gateway runs per network namespace: an exclusive lock held for the
+//! process's lifetime tells a crash's leftovers from a live instance's.
 
 pub mod nft;
 
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
@@ -13,8 +19,22 @@ use crate::config::TargetNetwork;
 
 pub const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
+/// Where the per-namespace instance locks live.
+pub const LOCK_DIR: &str = "/run/cvpn-gw";
+
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    #[error(
+        "another cvpn-gw{} is running in this network namespace; \
+         it keeps its tun device, nftables table and ip_forward (lock {})",
+        .pid.map(|p| format!(" (pid {p})")).unwrap_or_default(), .lock.display()
+    )]
+    Running { pid: Option<u32>, lock: PathBuf },
+    #[error("{}: {source}", .path.display())]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Nft(#[from] nft::NftError),
     #[error("{IP_FORWARD}: {0}")]
@@ -35,14 +55,90 @@ pub enum SetupError {
     },
 }
 
+/// Held for the gateway's lifetime: while it is, no other gateway in the
+/// same network namespace starts (the lock is released by the kernel when
+/// the process dies, however it dies).
+pub struct InstanceLock {
+    _file: File,
+}
+
+/// The lock file of this process's network namespace: the namespaces'
+/// inode numbers tell them apart, so gateways in different namespaces of
+/// one host (as the tests run them) do not exclude each other.
+fn lock_path(dir: &Path) -> Result<PathBuf, SetupError> {
+    let ns = "/proc/self/ns/net";
+    let meta = std::fs::metadata(ns).map_err(|source| SetupError::Lock {
+        path: ns.into(),
+        source,
+    })?;
+    Ok(dir.join(format!("netns-{}-{}.lock", meta.dev(), meta.ino())))
+}
+
+/// Takes the instance lock in `dir` ([`LOCK_DIR`]) before anything on the
+/// host is touched; fails, naming the holder's pid, if a gateway holds it.
+pub fn lock_instance(dir: &Path) -> Result<InstanceLock, SetupError> {
+    let path = lock_path(dir)?;
+    let io = |source| SetupError::Lock {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(SetupError::Running {
+                pid: text.trim().parse().ok(),
+                lock: path,
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+    }
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    writeln!(file, "{}", std::process::id()).map_err(io)?;
+    Ok(InstanceLock { _file: file })
+}
+
+/// True if `pid` is a live cvpn-gw in this network namespace.
+fn is_live_gateway(pid: u32) -> bool {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    let comm = std::fs::read_to_string(proc.join("comm")).unwrap_or_default();
+    let same_ns = match (
+        std::fs::metadata(proc.join("ns/net")),
+        std::fs::metadata("/proc/self/ns/net"),
+    ) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    };
+    pid != std::process::id() && comm.trim() == "cvpn-gw" && same_ns
+}
+
 /// Removes what a previous run left behind: our nftables table (restoring
-/// the ip_forward value it recorded).
+/// the ip_forward value it recorded). A table whose recorded owner is a
+/// live gateway is left alone and refused, lock or not.
 pub fn clear_stale() -> Result<bool, SetupError> {
-    let Some(before) = nft::stale_ip_forward() else {
+    let Some(owner) = nft::existing_table() else {
         return Ok(false);
     };
-    if !before.is_empty() {
-        std::fs::write(IP_FORWARD, &before).map_err(SetupError::Sysctl)?;
+    if let Some(pid) = owner.pid.filter(|p| is_live_gateway(*p)) {
+        return Err(SetupError::Running {
+            pid: Some(pid),
+            lock: PathBuf::from(LOCK_DIR),
+        });
+    }
+    if !owner.ip_forward_before.is_empty() {
+        std::fs::write(IP_FORWARD, &owner.ip_forward_before).map_err(SetupError::Sysctl)?;
     }
     nft::remove()?;
     Ok(true)
@@ -126,6 +222,7 @@ pub struct Applied {
     ip_forward_before: String,
 }
 
+/// Installs the table `script_for(ip_forward before)` and turns forwarding on.
 pub fn apply(script_for: impl FnOnce(&str) -> String) -> Result<Applied, SetupError> {
     let before = std::fs::read_to_string(IP_FORWARD).map_err(SetupError::Sysctl)?;
     nft::install(&script_for(&before))?;
@@ -141,6 +238,7 @@ pub fn apply(script_for: impl FnOnce(&str) -> String) -> Result<Applied, SetupEr
 }
 
 impl Applied {
+    /// Removes the table and restores ip_forward.
     pub fn undo(self) -> Result<(), SetupError> {
         let restore = if self.ip_forward_before != "1" {
             std::fs::write(IP_FORWARD, &self.ip_forward_before).map_err(SetupError::Sysctl)

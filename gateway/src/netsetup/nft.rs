@@ -2,7 +2,8 @@
 //! target network's interface to that network's ENI address and lets only
 //! replies (conntrack established/related) back toward the tunnel. The
 //! table's comment records the value of net.ipv4.ip_forward before the
-//! gateway changed it, so a run after a crash can restore it.
+//! gateway changed it, so a run after a crash can restore it, and the pid
+//! of the gateway that owns it, so a start never removes a live one's.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -11,7 +12,8 @@ use std::process::{Command, Stdio};
 use ipnet::Ipv4Net;
 
 pub const TABLE: &str = "cvpn_gw";
-const COMMENT_PREFIX: &str = "cvpn-gw ip_forward=";
+const PID_PREFIX: &str = "cvpn-gw pid=";
+const FORWARD_PREFIX: &str = "ip_forward=";
 
 /// One target network as the NAT needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,11 +43,12 @@ pub fn ruleset(
     client_cidr: Ipv4Net,
     targets: &[NatTarget],
     ip_forward_before: &str,
+    owner_pid: u32,
 ) -> String {
     let mut s = String::new();
     s.push_str(&format!("table ip {TABLE} {{\n"));
     s.push_str(&format!(
-        "  comment \"{COMMENT_PREFIX}{}\"\n",
+        "  comment \"{PID_PREFIX}{owner_pid} {FORWARD_PREFIX}{}\"\n",
         ip_forward_before.trim()
     ));
     s.push_str(
@@ -102,9 +105,18 @@ pub fn remove() -> Result<(), NftError> {
     nft(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n")).map(|_| ())
 }
 
-/// If a table of ours is left from a run that did not clean up, the
-/// ip_forward value it recorded.
-pub fn stale_ip_forward() -> Option<String> {
+/// What the comment of a table of ours records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableOwner {
+    /// The gateway that created the table (absent in tables of old runs).
+    pub pid: Option<u32>,
+    /// net.ipv4.ip_forward before that gateway set it; empty if unknown.
+    pub ip_forward_before: String,
+}
+
+/// If a table of ours exists in this network namespace, what its comment
+/// records.
+pub fn existing_table() -> Option<TableOwner> {
     let out = Command::new("nft")
         .args(["list", "table", "ip", TABLE])
         .output()
@@ -112,16 +124,23 @@ pub fn stale_ip_forward() -> Option<String> {
     if !out.status.success() {
         return None;
     }
-    parse_comment(&String::from_utf8_lossy(&out.stdout)).or(Some(String::new()))
+    Some(parse_comment(&String::from_utf8_lossy(&out.stdout)))
 }
 
-fn parse_comment(listing: &str) -> Option<String> {
-    let start = listing.find(COMMENT_PREFIX)? + COMMENT_PREFIX.len();
+fn digits_after(listing: &str, prefix: &str) -> Option<String> {
+    let start = listing.find(prefix)? + prefix.len();
     let value: String = listing[start..]
         .chars()
         .take_while(char::is_ascii_digit)
         .collect();
     (!value.is_empty()).then_some(value)
+}
+
+fn parse_comment(listing: &str) -> TableOwner {
+    TableOwner {
+        pid: digits_after(listing, PID_PREFIX).and_then(|p| p.parse().ok()),
+        ip_forward_before: digits_after(listing, FORWARD_PREFIX).unwrap_or_default(),
+    }
 }
 
 #[cfg(test)]
@@ -147,20 +166,31 @@ mod tests {
             "10.250.0.0/22".parse().unwrap(),
             &targets,
             "0\n",
+            4242,
         );
         assert!(s.contains("ip saddr 10.250.0.0/22 oifname \"eth1\" snat to 192.168.1.10"));
         assert!(!s.contains("eth2"));
         assert!(s.contains("oifname \"cvpn-gw0\" ct state established,related accept"));
         assert!(s.contains("oifname \"cvpn-gw0\" counter drop"));
-        assert_eq!(parse_comment(&s), Some("0".into()));
+        assert_eq!(
+            parse_comment(&s),
+            TableOwner {
+                pid: Some(4242),
+                ip_forward_before: "0".into()
+            }
+        );
     }
 
     #[test]
     fn comment_parsing() {
+        // A table of a run before the pid was recorded.
         assert_eq!(
             parse_comment("table ip cvpn_gw {\n\tcomment \"cvpn-gw ip_forward=1\""),
-            Some("1".into())
+            TableOwner {
+                pid: None,
+                ip_forward_before: "1".into()
+            }
         );
-        assert_eq!(parse_comment("table ip cvpn_gw {}"), None);
+        assert_eq!(parse_comment("table ip cvpn_gw {}"), TableOwner::default());
     }
 }

@@ -1,0 +1,202 @@
+//! Bugs a hostile review found, kept fixed: a second gateway in the same
+//! network namespace, hostile strings in the gateway's own log, and a
+//! profile written over an existing file or a symlink.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use cvpn_e2e::netns::{Proc, in_ns, sh, sh_ok};
+use cvpn_e2e::testbed::{TARGET, Testbed};
+use cvpn_e2e::{bin, ok};
+
+const ALL_USERS: &str = "[[authorization_rules]]\ndestination = \"0.0.0.0/0\"\n";
+
+#[test]
+fn second_serve_leaves_the_running_gateway_alone() {
+    let tb = Testbed::new("double", 1);
+    let config = tb.write_config("", ALL_USERS);
+    let mut gw = tb.start_gateway(&config);
+    let profile = tb.client_profile("alice", &[], 0);
+    let _client = tb.connect(0, &profile);
+    let c = &tb.clients[0];
+    sh_ok(c, &format!("ping -c 1 -W 3 {TARGET}"));
+    let table_before = sh_ok(&tb.gateway, "nft list table ip cvpn_gw");
+
+    // The same configuration, and the same one on another port with
+    // another control socket: both refused before touching anything.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let other = tb.path("other.toml");
+    std::fs::write(
+        &other,
+        text.replace("0.0.0.0:443", "0.0.0.0:8443")
+            .replace("gw.sock", "other.sock"),
+    )
+    .unwrap();
+    for cfg in [&config, &other] {
+        let mut second = Proc::spawn("second cvpn-gw", {
+            let mut cmd = in_ns(&tb.gateway, &bin("cvpn-gw"));
+            cmd.arg("serve").arg("--config").arg(cfg);
+            cmd
+        });
+        let code = second.wait(20).expect("second gateway did not exit");
+        assert_ne!(code, 0, "{}", second.output());
+        assert!(
+            second.output().contains("another cvpn-gw (pid"),
+            "{}",
+            second.output()
+        );
+    }
+
+    // The first gateway's set-up is intact and its client's traffic flows.
+    assert_eq!(
+        sh_ok(&tb.gateway, "nft list table ip cvpn_gw"),
+        table_before
+    );
+    assert_eq!(
+        sh_ok(&tb.gateway, "cat /proc/sys/net/ipv4/ip_forward").trim(),
+        "1"
+    );
+    assert!(tb.control_socket().exists());
+    sh_ok(c, &format!("ping -c 3 -W 3 {TARGET}"));
+    assert_eq!(tb.connections()["connections"].as_array().unwrap().len(), 1);
+    assert_eq!(gw.stop(), 0, "{}", gw.output());
+}
+
+/// A hello whose `os` and `software` carry a forged log line, terminal
+/// escapes and a NUL, and is far too long, as a hostile client sends it.
+fn hostile_hello() -> String {
+    let long = "A".repeat(16_000);
+    serde_json::json!({
+        "type": "hello",
+        "version": 1,
+        "os": format!("linux\n2026-12-03T00:00:00Z  INFO cvpn_gw: forged line\r\u{1b}[31mred\u{0}{long}"),
+        "client": "evil\n\u{1b}]0;title\u{7}",
+    })
+    .to_string()
+}
+
+#[test]
+fn peer_strings_are_escaped_and_capped_in_the_log() {
+    let tb = Testbed::new("inject", 1);
+    let config = tb.write_config("", ALL_USERS);
+    let mut gw = tb.start_gateway(&config);
+    // A certificate whose CN carries an escape sequence can only come from
+    // the CA; the hello is the peer's.
+    tb.pki.ok(&["issue", "client", "alice"]);
+    let hello = hostile_hello();
+    let frame_len = hello.len();
+    let p = &tb.pki;
+    let script = format!(
+        "(printf '\\002\\{:03o}\\{:03o}\\{:03o}'; cat {hello_file}; sleep 2) | timeout 10 openssl s_client -quiet \
+         -connect 198.18.0.1:443 -tls1_3 -alpn cvpn/1 -cert {cert} -key {key} -CAfile {ca} >/dev/null 2>&1",
+        (frame_len >> 16) & 0xff,
+        (frame_len >> 8) & 0xff,
+        frame_len & 0xff,
+        hello_file = {
+            let f = tb.path("hello.json");
+            std::fs::write(&f, &hello).unwrap();
+            f.display().to_string()
+        },
+        cert = p.cert("alice").display(),
+        key = p.key("alice").display(),
+        ca = p.path("ca.crt").display(),
+    );
+    sh(&tb.clients[0], &script);
+    gw.wait_for("client connected", 10);
+    assert_eq!(gw.stop(), 0);
+    let out = gw.output();
+    assert!(
+        !out.lines()
+            .any(|l| l.contains("INFO cvpn_gw: forged line") && !l.contains("client connected")),
+        "a forged line made it into the log:\n{out}"
+    );
+    for raw in ['\u{1b}', '\r', '\u{0}', '\u{7}'] {
+        assert!(!out.contains(raw), "raw {raw:?} in the log:\n{out}");
+    }
+    let line = out
+        .lines()
+        .find(|l| l.contains("client connected"))
+        .expect("connected line");
+    assert!(line.contains("\\n2026-12-03"), "{line}");
+    assert!(line.len() < 2_000, "{} bytes: {line}", line.len());
+}
+
+#[test]
+fn connections_table_escapes_common_names() {
+    let tb = Testbed::new("cnesc", 1);
+    let config = tb.write_config("", ALL_USERS);
+    let _gw = tb.start_gateway(&config);
+    // cvpn-pki refuses such names; another CA tool would not. Issue one
+    // through the library's own name check's bypass: openssl.
+    let dir = tb.path("evil");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = &tb.pki;
+    sh_ok(
+        &tb.gateway,
+        &format!(
+            "cd {d} && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout k.pem \
+             -subj \"/CN=ev$(printf '\\033')[2Jil\" -out r.csr 2>/dev/null && \
+             printf 'extendedKeyUsage=clientAuth\\n' > ext && \
+             openssl x509 -req -in r.csr -CA {ca} -CAkey {cakey} -set_serial 0x1234 -days 2 -extfile ext -out c.pem 2>/dev/null",
+            d = dir.display(),
+            ca = p.path("ca.crt").display(),
+            cakey = p.path("ca.key").display(),
+        ),
+    );
+    let profile = tb.path("evil.ovpnx");
+    std::fs::write(
+        &profile,
+        format!(
+            "client\ndev tun\nproto tcp\nremote 198.18.0.1 443\nverify-x509-name vpn.example.com name\n<ca>\n{}</ca>\n<cert>\n{}</cert>\n<key>\n{}</key>\n",
+            p.read("ca.crt"),
+            std::fs::read_to_string(dir.join("c.pem")).unwrap(),
+            std::fs::read_to_string(dir.join("k.pem")).unwrap()
+        ),
+    )
+    .unwrap();
+    let _client = tb.connect(0, &profile);
+    let table = ok(std::process::Command::new(bin("cvpn-gw"))
+        .args(["connections", "--control"])
+        .arg(tb.control_socket()));
+    assert!(!table.contains('\u{1b}'), "{table:?}");
+    assert!(table.contains("ev\\x1b[2Jil"), "{table}");
+}
+
+fn export(tb: &Testbed, out: &std::path::Path) {
+    ok(std::process::Command::new(bin("cvpn-gw"))
+        .args(["export-profile", "--config"])
+        .arg(tb.path("endpoint.toml"))
+        .arg("--pki")
+        .arg(&tb.pki.dir)
+        .args(["--client", "alice", "--remote", "198.18.0.1:443", "--out"])
+        .arg(out));
+}
+
+#[test]
+fn export_profile_never_leaves_the_key_readable() {
+    let tb = Testbed::new("export", 0);
+    tb.write_config("", ALL_USERS);
+    tb.pki.ok(&["issue", "client", "alice"]);
+
+    // Over an existing world-readable file.
+    let out = tb.path("alice.ovpnx");
+    std::fs::write(&out, "old\n").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
+    export(&tb, &out);
+    let meta = std::fs::symlink_metadata(&out).unwrap();
+    assert!(meta.file_type().is_file());
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&out).unwrap().contains("<key>"));
+
+    // Over a symlink: the link is replaced, its target untouched.
+    let target = tb.path("elsewhere");
+    std::fs::write(&target, "precious\n").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = tb.path("linked.ovpnx");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    export(&tb, &link);
+    let meta = std::fs::symlink_metadata(&link).unwrap();
+    assert!(meta.file_type().is_file(), "still a symlink");
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+    assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o777, 0o644);
+}
