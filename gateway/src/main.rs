@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use cvpn_gw::config::{Config, RouteTarget};
 use cvpn_gw::export::{ProfileParts, render_profile};
 use cvpn_gw::policy::Policy;
+use cvpn_gw::tls::CrlHealth;
 use cvpn_proto::text::Untrusted;
 use serde_json::json;
 
@@ -164,7 +165,12 @@ fn check(path: &Path) -> Result<()> {
     let config = Config::load(path)?;
     let policy = Policy::compile(&config).context("authorization_rules")?;
     drop(policy);
-    cvpn_gw::tls::server_config(&config.tls)?;
+    cvpn_gw::tls::Acceptor::new(&config.tls)?;
+    match cvpn_gw::tls::check_crl(&config.tls)? {
+        CrlHealth::Current => {}
+        CrlHealth::Absent => eprintln!("WARNING: {}", CrlHealth::Absent),
+        expired => bail!("{expired}"),
+    }
     println!("{}: valid", path.display());
     println!(
         "client_cidr {}  split_tunnel {}  listen {}",

@@ -18,7 +18,6 @@ use cvpn_gw::pool::Pool;
 use cvpn_gw::tls;
 use cvpn_proto::Control;
 use cvpn_proto::text::untrusted;
-use rustls::ServerConfig;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{SignalKind, signal};
@@ -35,7 +34,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Gateway {
     pub config: Config,
     pub policy: ArcSwap<Policy>,
-    pub tls: ArcSwap<ServerConfig>,
+    pub tls: ArcSwap<tls::Acceptor>,
     pub registry: Registry,
     pub pool: Mutex<Pool>,
     pub tun: datapath::Tun,
@@ -126,7 +125,13 @@ pub async fn serve(config: Config) -> Result<()> {
     if let Ok(n) = rlimit::increase_nofile_limit(u64::MAX) {
         info!(max_open_files = n, "file descriptor limit");
     }
-    let tls_config = tls::server_config(&config.tls)?;
+    let tls_config = tls::Acceptor::new(&config.tls)?;
+    // An expired CRL only warns: re-signing it fixes that while the
+    // endpoint runs (the CRL is re-read when it changes).
+    match tls::check_crl(&config.tls)? {
+        tls::CrlHealth::Current => {}
+        health => warn!("WARNING: {health}"),
+    }
     // Before anything on the host is touched: a second gateway in this
     // network namespace would take the first one's table and forwarding.
     let _instance = netsetup::lock_instance(std::path::Path::new(netsetup::LOCK_DIR))?;
@@ -185,7 +190,7 @@ pub async fn serve(config: Config) -> Result<()> {
 
     let gw = Arc::new(Gateway {
         policy: ArcSwap::from_pointee(policy),
-        tls: ArcSwap::new(tls_config),
+        tls: ArcSwap::from_pointee(tls_config),
         registry: Registry::default(),
         pool: Mutex::new(pool),
         tun,
@@ -272,13 +277,20 @@ async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
         Ok(t) => t,
         Err(e) => return gw.log(&fail(format!("cannot tune the connection: {e}"), None)),
     };
-    let handshake = cvpn_proto::tls::accept(tcp, gw.tls.load_full());
+    let (config, presented) = match gw.tls.load().for_connection() {
+        Ok(c) => c,
+        Err(e) => return gw.log(&fail(e.to_string(), None)),
+    };
+    let handshake = cvpn_proto::tls::accept(tcp, config);
     let mut stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            let rec = fail(format!("TLS handshake failed: {e}"), None);
-            warn!(device_ip = %peer, reason = %format!("TLS handshake failed: {e}"), "connection refused");
-            return gw.log(&rec);
+            let seen = presented.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let seen = seen.unwrap_or_default();
+            let reason = format!("TLS handshake failed: {e}");
+            warn!(device_ip = %peer, common_name = %untrusted(seen.common_name.as_deref().unwrap_or("NA")),
+                  serial = %seen.serial.as_deref().unwrap_or("NA"), %reason, "connection refused");
+            return gw.log(&fail(reason, seen.common_name));
         }
         Err(_) => return gw.log(&fail("TLS handshake timed out".into(), None)),
     };
@@ -329,8 +341,8 @@ async fn crl_watcher(gw: Arc<Gateway>) -> Result<()> {
             continue;
         }
         seen = now;
-        match tls::server_config(&gw.config.tls) {
-            Ok(c) => gw.tls.store(c),
+        match tls::Acceptor::new(&gw.config.tls) {
+            Ok(c) => gw.tls.store(Arc::new(c)),
             Err(e) => {
                 warn!(error = %e, "CRL changed but cannot be used; keeping the previous one");
                 continue;

@@ -1,22 +1,33 @@
 //! The TLS 1.3 server configuration: the endpoint's certificate, client
 //! certificates required and verified against the client CA and the CRL,
-//! ALPN `cvpn/1`.
+//! with the clientAuth extended key usage, ALPN `cvpn/1`.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use rustls::RootCertStore;
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
 
 use crate::config::TlsFiles;
 
+/// A TLS file that cannot be used, or a configuration rustls refuses.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// The file named cannot be read or used.
     #[error("{path}: {why}")]
-    File { path: String, why: String },
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Config(String),
 }
@@ -28,10 +39,12 @@ fn file_err(path: &Path, why: impl ToString) -> TlsError {
     }
 }
 
+/// The crypto provider of every TLS configuration of the endpoint.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Every PEM certificate in `path`; none is an error.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| file_err(path, e))?
@@ -43,39 +56,197 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
     Ok(certs)
 }
 
+/// The PEM CRL in `path`.
 pub fn load_crl(path: &Path) -> Result<CertificateRevocationListDer<'static>, TlsError> {
     CertificateRevocationListDer::from_pem_file(path).map_err(|e| file_err(path, e))
 }
 
-/// Builds the server configuration; any unreadable file is named.
+/// The certificate a client presented, as far as it could be read: logged
+/// with a refusal, whatever the reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Presented {
+    /// The subject's CN, if any.
+    pub common_name: Option<String>,
+    /// The serial, upper-case hex.
+    pub serial: Option<String>,
+}
+
+/// Where one connection's verifier leaves what the client presented.
+pub type PresentedSlot = Arc<Mutex<Option<Presented>>>;
+
+/// The endpoint's side of every handshake: its certificate and the client
+/// verifier, built once from the files; each connection gets a
+/// configuration of its own (cheap: shared parts) so the certificate a
+/// refused client presented can be logged.
+#[derive(Debug)]
+pub struct Acceptor {
+    verifier: Arc<dyn ClientCertVerifier>,
+    cert: Arc<CertifiedKey>,
+}
+
+impl Acceptor {
+    /// Reads and checks the TLS files; any unusable file is named.
+    pub fn new(files: &TlsFiles) -> Result<Acceptor, TlsError> {
+        let chain = load_certs(&files.cert)?;
+        let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_err(&files.key, e))?;
+        let cert =
+            CertifiedKey::from_der(chain, key, &provider()).map_err(|e| file_err(&files.key, e))?;
+        let mut roots = RootCertStore::empty();
+        for ca in load_certs(&files.client_ca)? {
+            roots.add(ca).map_err(|e| file_err(&files.client_ca, e))?;
+        }
+        let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+        if let Some(crl) = &files.crl {
+            // An expired CRL refuses every client, as the managed service
+            // does: revocation must not silently lapse.
+            verifier = verifier
+                .with_crls(vec![load_crl(crl)?])
+                .enforce_revocation_expiration();
+        }
+        let verifier = verifier
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        Ok(Acceptor {
+            verifier,
+            cert: Arc::new(cert),
+        })
+    }
+
+    /// A configuration for one connection, and where its verifier leaves
+    /// the certificate the client presented.
+    pub fn for_connection(&self) -> Result<(Arc<ServerConfig>, PresentedSlot), TlsError> {
+        let slot = PresentedSlot::default();
+        let verifier = Arc::new(ClientAuthRequired {
+            inner: self.verifier.clone(),
+            presented: slot.clone(),
+        });
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(self.cert.clone())));
+        config.alpn_protocols = vec![cvpn_proto::ALPN.to_vec()];
+        // The tunnel seals its records itself (cvpn_proto::tls) with the
+        // secrets rustls negotiates; nothing resumes sessions.
+        config.enable_secret_extraction = true;
+        config.send_tls13_tickets = 0;
+        Ok((Arc::new(config), slot))
+    }
+}
+
+/// The CA and CRL checks of webpki, plus what webpki lets pass: a client
+/// certificate without any extended key usage (OpenVPN's `remote-cert-tls
+/// client` refuses it too). Records the presented certificate's CN and
+/// serial for the refusal's log line.
+#[derive(Debug)]
+struct ClientAuthRequired {
+    inner: Arc<dyn ClientCertVerifier>,
+    presented: PresentedSlot,
+}
+
+impl ClientCertVerifier for ClientAuthRequired {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let info = cvpn_pki::inspect_cert(end_entity).ok();
+        *self.presented.lock().unwrap_or_else(|p| p.into_inner()) = Some(Presented {
+            common_name: info.as_ref().and_then(|i| i.common_name.clone()),
+            serial: info.as_ref().map(|i| i.serial.clone()),
+        });
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        match info {
+            Some(i) if i.extended_key_usages.contains(&"clientAuth") => Ok(verified),
+            _ => Err(rustls::Error::InvalidCertificate(
+                CertificateError::InvalidPurpose,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// Builds a server configuration for a single connection (benches and
+/// tools that need no refusal details).
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = load_certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_err(&files.key, e))?;
-    let mut roots = RootCertStore::empty();
-    for ca in load_certs(&files.client_ca)? {
-        roots.add(ca).map_err(|e| file_err(&files.client_ca, e))?;
+    Ok(Acceptor::new(files)?.for_connection()?.0)
+}
+
+/// What the endpoint's CRL is worth, beyond being signed by the client CA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CrlHealth {
+    /// Current: revoked certificates are refused.
+    Current,
+    /// No `tls.crl`: revoked client certificates are not refused.
+    Absent,
+    /// Past its next update: every client is refused until it is re-signed.
+    Expired(time::OffsetDateTime),
+}
+
+impl std::fmt::Display for CrlHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CrlHealth::Current => f.write_str("the CRL is current"),
+            CrlHealth::Absent => {
+                f.write_str("tls.crl is not set: revoked client certificates are not refused")
+            }
+            CrlHealth::Expired(at) => write!(
+                f,
+                "tls.crl expired at {at}: every client is refused until it is re-signed (cvpn-pki crl)"
+            ),
+        }
     }
-    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
-    if let Some(crl) = &files.crl {
-        // An expired CRL refuses every client, as the managed service does:
-        // revocation must not silently lapse.
-        verifier = verifier
-            .with_crls(vec![load_crl(crl)?])
-            .enforce_revocation_expiration();
+}
+
+/// Checks the CRL against the client CA before the endpoint relies on it.
+/// A CRL signed by another CA would refuse every client: an error.
+pub fn check_crl(files: &TlsFiles) -> Result<CrlHealth, TlsError> {
+    let Some(path) = &files.crl else {
+        return Ok(CrlHealth::Absent);
+    };
+    let crl = load_crl(path)?;
+    let cas = load_certs(&files.client_ca)?;
+    let cas: Vec<&[u8]> = cas.iter().map(|c| c.as_ref()).collect();
+    let check = cvpn_pki::check_crl(crl.as_ref(), &cas).map_err(|e| file_err(path, e))?;
+    if !check.signed_by_ca {
+        return Err(file_err(
+            path,
+            format!(
+                "not signed by the client CA {}: every client would be refused",
+                files.client_ca.display()
+            ),
+        ));
     }
-    let verifier = verifier
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| TlsError::Config(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| file_err(&files.key, e))?;
-    config.alpn_protocols = vec![cvpn_proto::ALPN.to_vec()];
-    // The tunnel seals its records itself (cvpn_proto::tls) with the
-    // secrets rustls negotiates; nothing resumes sessions.
-    config.enable_secret_extraction = true;
-    config.send_tls13_tickets = 0;
-    Ok(Arc::new(config))
+    Ok(match check.next_update {
+        Some(next) if next < time::OffsetDateTime::now_utc() => CrlHealth::Expired(next),
+        _ => CrlHealth::Current,
+    })
 }

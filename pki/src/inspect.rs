@@ -144,6 +144,34 @@ pub fn crl_serials(der: &[u8]) -> Result<Vec<String>, InspectError> {
         .collect())
 }
 
+/// What a CRL says of itself, checked against the CA that should sign it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CrlCheck {
+    /// When the CRL stops being current (None: it does not say).
+    pub next_update: Option<OffsetDateTime>,
+    /// Its signature verifies with one of the CA certificates given.
+    pub signed_by_ca: bool,
+}
+
+/// Parses a DER CRL and checks its signature against each CA certificate
+/// in `cas` (DER).
+pub fn check_crl(crl_der: &[u8], cas: &[&[u8]]) -> Result<CrlCheck, InspectError> {
+    use x509_parser::revocation_list::CertificateRevocationList;
+    let (_, crl) =
+        CertificateRevocationList::from_der(crl_der).map_err(|e| InspectError(e.to_string()))?;
+    let mut signed_by_ca = false;
+    for ca in cas {
+        let ca = parse(ca)?;
+        if ca.subject() == crl.issuer() && crl.verify_signature(ca.public_key()).is_ok() {
+            signed_by_ca = true;
+        }
+    }
+    Ok(CrlCheck {
+        next_update: crl.next_update().map(|t| t.to_datetime()),
+        signed_by_ca,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,8 @@ mod subject;
 
 pub use error::PkiError;
 pub use index::{CertKind, CertState, Entry, Index};
-pub use inspect::{CertInfo, ClientIdentity, client_identity, crl_serials, inspect_cert};
+pub use inspect::{
+    CertInfo, ClientIdentity, CrlCheck, check_crl, client_identity, crl_serials, inspect_cert,
+};
 pub use keytype::KeyType;
 pub use store::Store;

@@ -125,24 +125,38 @@ fn connections_table_escapes_common_names() {
     let tb = Testbed::new("cnesc", 1);
     let config = tb.write_config("", ALL_USERS);
     let _gw = tb.start_gateway(&config);
-    // cvpn-pki refuses such names; another CA tool would not. Issue one
-    // through the library's own name check's bypass: openssl.
-    let dir = tb.path("evil");
-    std::fs::create_dir_all(&dir).unwrap();
+    // cvpn-pki refuses such names; another CA tool would not.
+    let profile = openssl_client(
+        &tb,
+        "/CN=ev$(printf '\\033')[2Jil",
+        "extendedKeyUsage=clientAuth",
+    );
+    let _client = tb.connect(0, &profile);
+    let table = ok(std::process::Command::new(bin("cvpn-gw"))
+        .args(["connections", "--control"])
+        .arg(tb.control_socket()));
+    assert!(!table.contains('\u{1b}'), "{table:?}");
+    assert!(table.contains("ev\\x1b[2Jil"), "{table}");
+}
+
+/// A client certificate signed by the testbed's CA with openssl (subject
+/// and extensions as given, which cvpn-pki would not write), and a profile
+/// for it.
+fn openssl_client(tb: &Testbed, subject: &str, extensions: &str) -> std::path::PathBuf {
+    let dir = tempfile::tempdir_in(tb.dir.path()).unwrap().keep();
     let p = &tb.pki;
     sh_ok(
         &tb.gateway,
         &format!(
             "cd {d} && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout k.pem \
-             -subj \"/CN=ev$(printf '\\033')[2Jil\" -out r.csr 2>/dev/null && \
-             printf 'extendedKeyUsage=clientAuth\\n' > ext && \
+             -subj \"{subject}\" -out r.csr 2>/dev/null && printf '%s\\n' '{extensions}' > ext && \
              openssl x509 -req -in r.csr -CA {ca} -CAkey {cakey} -set_serial 0x1234 -days 2 -extfile ext -out c.pem 2>/dev/null",
             d = dir.display(),
             ca = p.path("ca.crt").display(),
             cakey = p.path("ca.key").display(),
         ),
     );
-    let profile = tb.path("evil.ovpnx");
+    let profile = dir.join("client.ovpnx");
     std::fs::write(
         &profile,
         format!(
@@ -153,12 +167,86 @@ fn connections_table_escapes_common_names() {
         ),
     )
     .unwrap();
-    let _client = tb.connect(0, &profile);
-    let table = ok(std::process::Command::new(bin("cvpn-gw"))
-        .args(["connections", "--control"])
-        .arg(tb.control_socket()));
-    assert!(!table.contains('\u{1b}'), "{table:?}");
-    assert!(table.contains("ev\\x1b[2Jil"), "{table}");
+    profile
+}
+
+#[test]
+fn certificate_without_client_auth_is_refused_and_logged_by_name() {
+    let tb = Testbed::new("noeku", 1);
+    let config = tb.write_config("", ALL_USERS);
+    let mut gw = tb.start_gateway(&config);
+    let profile = openssl_client(&tb, "/CN=noeku/OU=eng", "basicConstraints=CA:FALSE");
+    let mut client = tb.spawn_client(0, &profile);
+    let code = client.wait(30).expect("client did not give up");
+    assert_ne!(code, 0, "{}", client.output());
+    let out = gw.wait_for("InvalidPurpose", 10);
+    let line = out.lines().find(|l| l.contains("InvalidPurpose")).unwrap();
+    assert!(line.contains("common_name=noeku"), "{line}");
+    assert!(line.contains("serial=1234"), "{line}");
+    let log = std::fs::read_to_string(tb.connection_log()).unwrap();
+    let refusal: serde_json::Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["connection-attempt-status"] == "failed")
+        .expect("a failed attempt");
+    assert_eq!(refusal["common-name"], "noeku", "{refusal}");
+    // A revoked certificate's refusal names it too.
+    let bob = tb.client_profile("bob", &[], 0);
+    tb.pki.ok(&["revoke", "bob"]);
+    gw.wait_for("CRL reloaded", 10);
+    let mut client = tb.spawn_client(0, &bob);
+    assert_ne!(client.wait(30), Some(0));
+    let out = gw.wait_for("Revoked", 10);
+    let line = out.lines().find(|l| l.contains("Revoked")).unwrap();
+    assert!(line.contains("common_name=bob"), "{line}");
+}
+
+#[test]
+fn check_fails_on_an_expired_or_foreign_crl() {
+    let tb = Testbed::new("crlchk", 0);
+    let config = tb.write_config("", ALL_USERS);
+    let check = || {
+        let mut c = std::process::Command::new(bin("cvpn-gw"));
+        c.arg("check").arg("--config").arg(&config);
+        c
+    };
+    ok(&mut check());
+
+    // Signed by another CA: every client would be refused.
+    let other = cvpn_e2e::Pki::new(&["--cn", "Other CA"]);
+    let own = tb.pki.read("crl.pem");
+    std::fs::write(tb.pki.path("crl.pem"), other.read("crl.pem")).unwrap();
+    let err = cvpn_e2e::fails(&mut check());
+    assert!(err.contains("not signed by the client CA"), "{err}");
+    std::fs::write(tb.pki.path("crl.pem"), own).unwrap();
+
+    // Past its next update (one day ahead of a CRL valid for one day).
+    tb.pki.ok(&["crl", "--days", "1"]);
+    ok(&mut check());
+    let mut later = std::process::Command::new("faketime");
+    later
+        .args(["-f", "+2d"])
+        .arg(bin("cvpn-gw"))
+        .arg("check")
+        .arg("--config")
+        .arg(&config);
+    let err = cvpn_e2e::fails(&mut later);
+    assert!(err.contains("expired at"), "{err}");
+
+    // No CRL at all: valid, with a loud warning.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let no_crl: String = text
+        .lines()
+        .filter(|l| !l.starts_with("crl ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, no_crl).unwrap();
+    let out = cvpn_e2e::run(&mut check());
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("WARNING: tls.crl is not set"),
+        "{out:?}"
+    );
 }
 
 fn export(tb: &Testbed, out: &std::path::Path) {
