@@ -60,9 +60,9 @@ fn main() -> ExitCode {
 
 fn load_profile(path: &Path) -> Result<Profile> {
     let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        profile::read_capped(path).with_context(|| format!("cannot read {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let p = profile::parse(&text, base, |f| std::fs::read_to_string(f))
+    let p = profile::parse(&text, base, profile::read_capped)
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     for w in &p.warnings {
         warn!("{}: {w}", path.display());

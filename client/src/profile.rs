@@ -94,6 +94,28 @@ fn transport(name: &str) -> Option<bool> {
 
 const INLINE: [&str; 3] = ["ca", "cert", "key"];
 
+/// The largest profile, or file a profile names, the client reads: far
+/// beyond any real one (a CA bundle, an RSA-4096 key), small enough that a
+/// profile naming `/dev/zero` cannot exhaust memory.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a UTF-8 file of at most [`MAX_FILE_BYTES`]; a longer one (or an
+/// endless one, as a device) is an error naming the limit.
+pub fn read_capped(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_FILE_BYTES} bytes: not a profile, certificate or key"),
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
 pub fn parse(
     text: &str,
     base: &Path,

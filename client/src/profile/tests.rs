@@ -136,3 +136,19 @@ fn arbitrary_text_never_panics() {
         let _ = parse_str(&text);
     }
 }
+
+#[test]
+fn endless_files_are_refused_at_the_cap() {
+    // As a hostile or careless profile names them: a device that never
+    // ends, and the profile itself being one.
+    let text = format!(
+        "client\nremote vpn.example.com 443\n<ca>\n{PEM}\n</ca>\ncert /dev/zero\n<key>\n{PEM}\n</key>\n"
+    );
+    let e = parse(&text, Path::new("/"), read_capped).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("line 8"), "{msg}");
+    assert!(msg.contains("/dev/zero"), "{msg}");
+    assert!(msg.contains("larger than 1048576 bytes"), "{msg}");
+    let e = read_capped(Path::new("/dev/zero")).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+}
