@@ -94,18 +94,36 @@ async fn connect(path: &Path, once: bool) -> Result<()> {
     tunnel::clear_stale()
         .await
         .context("clearing what a previous run left")?;
+    // Kept across reconnections; removed only here, when the client exits.
+    let mut host = None;
+    let outcome = keep_connected(&profile, tls, once, &mut signals, &mut host).await;
+    if let Some(h) = host {
+        h.teardown().await;
+    }
+    outcome
+}
+
+/// Connects, and reconnects with backoff unless `once`, until a signal or
+/// a permanent failure. `host` holds the host set-up between connections.
+async fn keep_connected(
+    profile: &Profile,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    once: bool,
+    signals: &mut Signals,
+    host: &mut Option<HostSetup>,
+) -> Result<()> {
     let mut backoff = profile.retry_initial;
     let mut failures = 0u32;
     loop {
         let attempt = tokio::select! {
-            r = tunnel::connect(&profile, tls.clone()) => r,
+            r = tunnel::connect(profile, tls.clone()) => r,
             _ = signals.any() => return Ok(()),
         };
         let outcome = match attempt {
             Ok(c) => {
                 failures = 0;
                 backoff = profile.retry_initial;
-                match session(c, &mut signals).await? {
+                match session(c, profile, host, signals).await? {
                     None => return Ok(()),
                     Some(Ok(reason)) => {
                         eprintln!("cvpn-client: disconnected: {reason}");
@@ -150,10 +168,25 @@ async fn connect(path: &Path, once: bool) -> Result<()> {
     }
 }
 
-/// Sets up the host for one connection and runs it. None: a signal ended
-/// it; Some(result): the connection ended by itself.
-async fn session(c: Connected, signals: &mut Signals) -> Result<Option<Result<String>>> {
-    let setup = HostSetup::apply(&c).await?;
+/// Runs one connection on the host set-up in `host` (made, or remade if
+/// the endpoint now pushes something else). None: a signal ended it;
+/// Some(result): the connection ended by itself.
+async fn session(
+    c: Connected,
+    profile: &Profile,
+    host: &mut Option<HostSetup>,
+    signals: &mut Signals,
+) -> Result<Option<Result<String>>> {
+    let setup = match host.take() {
+        Some(h) if h.fits(&c) => h,
+        Some(h) => {
+            eprintln!("cvpn-client: the endpoint pushed a new configuration; setting up again");
+            h.teardown().await;
+            HostSetup::apply(&c, profile).await?
+        }
+        None => HostSetup::apply(&c, profile).await?,
+    };
+    let setup = host.insert(setup);
     print_status(&c);
     let Connected {
         mut stream,
@@ -180,7 +213,6 @@ async fn session(c: Connected, signals: &mut Signals) -> Result<Option<Result<St
     if outcome.is_none() {
         tunnel::say_goodbye(&mut stream, "client exiting").await;
     }
-    setup.teardown().await;
     Ok(outcome)
 }
 

@@ -1,7 +1,7 @@
 //! One connection to the endpoint: connect, authenticate, receive the
 //! configuration, set up the host, move packets until it ends.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,16 +154,44 @@ pub async fn connect(profile: &Profile, config: Arc<ClientConfig>) -> Result<Con
     Err(anyhow!("{}", errors.join("; ")))
 }
 
-/// What the client added to the host for one connection.
+/// What the client added to the host: the tun device, routes, DNS. It
+/// outlives a connection (OpenVPN's persist-tun): while the client
+/// reconnects, traffic for the tunnel is held in the tun device's queue or
+/// dropped, never sent in clear; it is removed only when the client exits.
 pub struct HostSetup {
     pub tun: TunDevice,
     netlink: Netlink,
     routes: Vec<rtnetlink::packet_route::route::RouteMessage>,
     dns: Dns,
+    /// The configuration and gateway this set-up was made for.
+    made_for: (EndpointConfig, IpAddr),
+}
+
+/// The parts of a pushed configuration the host set-up depends on.
+fn same_setup(a: &EndpointConfig, b: &EndpointConfig) -> bool {
+    (
+        a.address,
+        a.prefix_len,
+        &a.routes,
+        a.full_tunnel,
+        &a.dns_servers,
+        a.mtu,
+    ) == (
+        b.address,
+        b.prefix_len,
+        &b.routes,
+        b.full_tunnel,
+        &b.dns_servers,
+        b.mtu,
+    )
 }
 
 impl HostSetup {
-    pub async fn apply(c: &Connected) -> Result<HostSetup> {
+    /// Creates the tun device and installs routes and DNS for `c`. In full
+    /// tunnel, the paths to `c`'s gateway and to every remote of the
+    /// profile given as an address are pinned outside the tunnel first, so
+    /// a reconnection reaches them.
+    pub async fn apply(c: &Connected, profile: &Profile) -> Result<HostSetup> {
         let cfg = &c.config;
         let tun = TunDevice::create(
             TUN_NAME,
@@ -171,30 +199,50 @@ impl HostSetup {
             std::net::Ipv4Addr::BROADCAST,
             cfg.mtu,
         )?;
+        // The tunnel carries IPv4 only: without this the kernel sends its
+        // IPv6 link-local chatter (router solicitations, MLD) into it.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv6/conf/{TUN_NAME}/disable_ipv6"),
+            "1",
+        );
         let netlink = Netlink::open()?;
         let mut setup = HostSetup {
             tun,
             netlink,
             routes: Vec::new(),
             dns: Dns::None,
+            made_for: (cfg.clone(), c.peer.ip()),
         };
-        if let Err(e) = setup.install(c).await {
+        if let Err(e) = setup.install(c, profile).await {
             setup.teardown().await;
             return Err(e);
         }
         Ok(setup)
     }
 
-    async fn install(&mut self, c: &Connected) -> Result<()> {
+    /// True if a new connection `c` needs exactly this set-up.
+    pub fn fits(&self, c: &Connected) -> bool {
+        let (cfg, peer) = &self.made_for;
+        same_setup(cfg, &c.config) && (!cfg.full_tunnel || *peer == c.peer.ip())
+    }
+
+    async fn install(&mut self, c: &Connected, profile: &Profile) -> Result<()> {
         let cfg = &c.config;
         let index = self.netlink.link_index(TUN_NAME).await?;
         if cfg.full_tunnel {
-            // Pin the path to the gateway outside the tunnel first.
-            if let Some(gw) = routes::gateway_ipv4(c.peer.ip()) {
+            // Pin the paths to the gateways outside the tunnel first.
+            let mut pinned = Vec::new();
+            let literal = profile.remotes.iter().filter_map(|r| r.host.parse().ok());
+            for ip in std::iter::once(c.peer.ip()).chain(literal) {
+                let Some(gw) = routes::gateway_ipv4(ip).filter(|g| !pinned.contains(g)) else {
+                    continue;
+                };
+                pinned.push(gw);
                 let (via, oif) = self.netlink.path_to(gw).await?;
                 let host = Ipv4Net::new(gw, 32)?;
                 self.routes.push(self.netlink.add(host, oif, via).await?);
             }
+            self.routes.extend(self.netlink.block_ipv6().await?);
         }
         for dest in routes::tunnel_destinations(&cfg.routes, cfg.full_tunnel) {
             self.routes.push(self.netlink.add(dest, index, None).await?);
@@ -361,6 +409,11 @@ async fn tun_to_endpoint<W: AsyncWrite + Unpin>(
 /// else frames them for the stream; returns where the next frame goes.
 fn stream_or_datagram(out: &mut [u8], at: usize, n: usize, datagram: Option<&Channel>) -> usize {
     let packet = &out[at + HEADER_LEN..at + HEADER_LEN + n];
+    // The tunnel carries IPv4 only: anything else would only be counted
+    // as malformed by the gateway.
+    if packet.get(cvpn_proto::VNET_HDR_LEN).map(|b| b >> 4) != Some(4) {
+        return at;
+    }
     if datagram.is_some_and(|c| c.try_send_packet(packet)) {
         return at;
     }

@@ -43,6 +43,7 @@ fn config(routes: usize, rules: usize, groups: usize) -> Config {
 fn packet(dst: Ipv4Addr) -> [u8; 60] {
     let mut p = [0u8; 60];
     p[0] = 0x45;
+    p[2..4].copy_from_slice(&60u16.to_be_bytes());
     p[12..16].copy_from_slice(&[10, 250, 0, 2]);
     p[16..20].copy_from_slice(&dst.octets());
     p

@@ -17,6 +17,12 @@ pub const MIN_CLIENT_PREFIX: u8 = 12;
 pub const MAX_CLIENT_PREFIX: u8 = 22;
 pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/cvpn-gw.sock";
+/// Where the lease table and other state kept across restarts live.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/cvpn";
+/// Sessions of one identity at once (OpenVPN without duplicate-cn).
+pub const DEFAULT_MAX_SESSIONS_PER_IDENTITY: u32 = 1;
+/// Sessions of the endpoint at once.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +39,9 @@ struct RawConfig {
     connection_log: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
     transport_protocol: Option<String>,
+    state_dir: Option<PathBuf>,
+    max_sessions_per_identity: Option<i64>,
+    max_connections: Option<i64>,
     tls: RawTls,
     #[serde(default)]
     target_networks: Vec<RawTarget>,
@@ -160,6 +169,14 @@ pub struct Config {
     /// `udp`: clients whose profile says `proto udp` also get the datagram
     /// channel on the same port number over UDP.
     pub transport_protocol: TransportProtocol,
+    /// The lease table (sticky addresses) and other state kept across
+    /// restarts.
+    pub state_dir: PathBuf,
+    /// Sessions of one certificate identity at once; a new one replaces
+    /// the oldest.
+    pub max_sessions_per_identity: u32,
+    /// Sessions of the endpoint at once; over it new clients are refused.
+    pub max_connections: u32,
     pub tls: TlsFiles,
     pub target_networks: Vec<TargetNetwork>,
     /// The effective route table: `associate` routes first, then the file's.
@@ -288,6 +305,16 @@ impl Validator {
                 TransportProtocol::Tcp
             }
         };
+        let max_sessions_per_identity = self.count(
+            "max_sessions_per_identity",
+            raw.max_sessions_per_identity,
+            DEFAULT_MAX_SESSIONS_PER_IDENTITY,
+        );
+        let max_connections = self.count(
+            "max_connections",
+            raw.max_connections,
+            DEFAULT_MAX_CONNECTIONS,
+        );
         let targets = self.targets(raw.target_networks, cidr);
         let routes = self.routes(raw.routes, &targets, cidr);
         let rules = self.rules(raw.authorization_rules);
@@ -306,6 +333,12 @@ impl Validator {
             connection_log: raw.connection_log.map(resolve),
             metrics_listen: raw.metrics_listen,
             transport_protocol,
+            state_dir: raw
+                .state_dir
+                .map(resolve)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            max_sessions_per_identity,
+            max_connections,
             tls: TlsFiles {
                 cert: resolve(raw.tls.cert),
                 key: resolve(raw.tls.key),
@@ -315,6 +348,18 @@ impl Validator {
             target_networks: targets,
             routes,
             rules,
+        }
+    }
+
+    /// A limit of at least 1 (at most 1,000,000); `default` when absent.
+    fn count(&mut self, key: &str, value: Option<i64>, default: u32) -> u32 {
+        match value {
+            None => default,
+            Some(n) if (1..=1_000_000).contains(&n) => n as u32,
+            Some(n) => {
+                self.bad(key, format!("{n}: must be between 1 and 1000000"));
+                default
+            }
         }
     }
 

@@ -8,6 +8,7 @@ pub mod datagram;
 pub mod dataplane;
 pub mod export;
 pub mod icmp;
+pub mod lease;
 pub mod metrics;
 pub mod netsetup;
 pub mod policy;

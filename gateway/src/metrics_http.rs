@@ -67,7 +67,7 @@ async fn answer(gw: &Gateway, stream: TcpStream) -> std::io::Result<()> {
 
 fn body(gw: &Gateway) -> String {
     let active: Vec<_> = gw.registry.all().iter().map(|s| s.traffic()).collect();
-    let free = gw.pool.lock().unwrap_or_else(|p| p.into_inner()).free();
+    let free = gw.free_addresses();
     metrics::render(&Snapshot {
         tally: &gw.tally,
         drops: &gw.drops,

@@ -78,15 +78,56 @@ impl Pool {
         None
     }
 
-    /// Returns `addr` to the pool; reserved or foreign addresses are ignored.
-    pub fn release(&mut self, addr: Ipv4Addr) {
+    /// The offset of `addr` if it is a host the pool hands out.
+    fn host_offset(&self, addr: Ipv4Addr) -> Option<u32> {
         if !self.net.contains(&addr) {
-            return;
+            return None;
         }
         let offset = u32::from(addr) - u32::from(self.net.network());
-        if offset <= 1 || offset == self.size() - 1 || !self.is_used(offset) {
-            return;
+        (offset > 1 && offset != self.size() - 1).then_some(offset)
+    }
+
+    /// True if the pool hands out `addr` (in use or not).
+    pub fn is_host(&self, addr: Ipv4Addr) -> bool {
+        self.host_offset(addr).is_some()
+    }
+
+    /// Takes `addr` if it is a free host of the pool.
+    pub fn take(&mut self, addr: Ipv4Addr) -> bool {
+        match self.host_offset(addr) {
+            Some(offset) if !self.is_used(offset) => {
+                self.mark(offset, true);
+                self.free -= 1;
+                true
+            }
+            _ => false,
         }
+    }
+
+    /// Allocates an address for which `spoken_for` is false (another
+    /// identity's lease), if there is one; else any free address.
+    pub fn allocate_avoiding(&mut self, spoken_for: impl Fn(Ipv4Addr) -> bool) -> Option<Ipv4Addr> {
+        if self.free == 0 {
+            return None;
+        }
+        let size = self.size();
+        for step in 0..size {
+            let offset = (self.cursor + step) % size;
+            if !self.is_used(offset) && !spoken_for(self.addr(offset)) {
+                self.mark(offset, true);
+                self.free -= 1;
+                self.cursor = (offset + 1) % size;
+                return Some(self.addr(offset));
+            }
+        }
+        self.allocate()
+    }
+
+    /// Returns `addr` to the pool; reserved or foreign addresses are ignored.
+    pub fn release(&mut self, addr: Ipv4Addr) {
+        let Some(offset) = self.host_offset(addr).filter(|o| self.is_used(*o)) else {
+            return;
+        };
         self.mark(offset, false);
         self.free += 1;
     }
@@ -126,6 +167,26 @@ mod tests {
         pool.release(Ipv4Addr::new(10, 0, 0, 1));
         pool.release(Ipv4Addr::new(192, 168, 0, 1));
         assert_eq!(pool.free(), 1021 - 1);
+    }
+
+    #[test]
+    fn take_and_avoid() {
+        let mut pool = Pool::new("10.0.0.0/22".parse().unwrap());
+        let wanted = Ipv4Addr::new(10, 0, 1, 7);
+        assert!(pool.take(wanted));
+        assert!(!pool.take(wanted), "taken twice");
+        assert!(!pool.take(Ipv4Addr::new(10, 0, 0, 1)), "gateway address");
+        assert!(!pool.take(Ipv4Addr::new(10, 0, 3, 255)), "broadcast");
+        assert!(!pool.take(Ipv4Addr::new(10, 9, 0, 9)), "foreign");
+        let reserved = Ipv4Addr::new(10, 0, 0, 2);
+        let a = pool.allocate_avoiding(|x| x == reserved).unwrap();
+        assert_ne!(a, reserved);
+        // Nothing else free: the reserved address goes after all.
+        let mut pool = Pool::new("10.0.0.0/22".parse().unwrap());
+        while pool.free() > 1 {
+            pool.allocate_avoiding(|x| x == reserved);
+        }
+        assert_eq!(pool.allocate_avoiding(|x| x == reserved), Some(reserved));
     }
 
     #[test]

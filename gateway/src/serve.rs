@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use cvpn_gw::config::{Config, TransportProtocol};
 use cvpn_gw::connlog::{ConnLog, Event, Record};
 use cvpn_gw::dataplane::{Drops, Registry};
+use cvpn_gw::lease::{self, Leases};
 use cvpn_gw::metrics::Tally;
 use cvpn_gw::netsetup::{self, nft};
 use cvpn_gw::policy::Policy;
@@ -36,7 +37,11 @@ pub struct Gateway {
     pub policy: ArcSwap<Policy>,
     pub tls: ArcSwap<tls::Acceptor>,
     pub registry: Registry,
-    pub pool: Mutex<Pool>,
+    /// The pool and the lease table (sticky addresses).
+    pub leases: Mutex<Leases>,
+    /// Held while a client is admitted: the per-identity and endpoint
+    /// limits are checked and the address assigned as one step.
+    pub admission: tokio::sync::Mutex<()>,
     pub tun: datapath::Tun,
     /// The datagram channel's socket (transport_protocol = "udp"),
     /// non-blocking, read by the packet thread.
@@ -48,18 +53,76 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn allocate(&self) -> Option<Ipv4Addr> {
-        self.pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .allocate()
+    fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn release(&self, addr: Ipv4Addr) {
-        self.pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .release(addr);
+    /// Addresses free in the pool.
+    pub fn free_addresses(&self) -> u32 {
+        self.leases().free()
+    }
+
+    /// Admits `common_name`: ends its oldest sessions beyond
+    /// `max_sessions_per_identity - 1` (each told why), checks
+    /// `max_connections`, and assigns its sticky address. Err: why the
+    /// client is refused. The caller inserts the session before dropping
+    /// the guard returned.
+    pub async fn admit(
+        &self,
+        common_name: &str,
+    ) -> Result<(Ipv4Addr, tokio::sync::MutexGuard<'_, ()>), String> {
+        let guard = self.admission.lock().await;
+        let mut same: Vec<_> = self
+            .registry
+            .all()
+            .into_iter()
+            .filter(|s| s.common_name == common_name)
+            .collect();
+        same.sort_by_key(|s| s.started);
+        let keep = self.config.max_sessions_per_identity as usize - 1;
+        let replaced: Vec<_> = same.iter().take(same.len().saturating_sub(keep)).collect();
+        for s in &replaced {
+            info!(connection_id = %s.connection_id, common_name = %untrusted(common_name),
+                  "replaced by a new session of the same identity");
+            s.terminate("replaced by a new session of the same identity");
+        }
+        // Their addresses go back to the pool as they end (at once: the
+        // session tasks only close their outboxes first).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            // Under the lease lock, as `end_session` unregisters and
+            // releases: gone from the registry means back in the pool.
+            let leases = self.leases();
+            let gone = !replaced.iter().any(|s| {
+                self.registry
+                    .get(s.address)
+                    .is_some_and(|r| Arc::ptr_eq(&r, s))
+            });
+            drop(leases);
+            if gone {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let live = self.registry.len();
+        if live >= self.config.max_connections as usize {
+            return Err(format!(
+                "the endpoint is at max_connections ({})",
+                self.config.max_connections
+            ));
+        }
+        match self.leases().assign(common_name) {
+            Some(addr) => Ok((addr, guard)),
+            None => Err("no free address in client_cidr".into()),
+        }
+    }
+
+    /// Unregisters a session and returns its address to the pool (its
+    /// lease stays), as one step.
+    pub fn end_session(&self, addr: Ipv4Addr) {
+        let mut leases = self.leases();
+        self.registry.remove(addr);
+        leases.release(addr);
     }
 
     pub fn log(&self, record: &Record) {
@@ -158,11 +221,16 @@ pub async fn serve(config: Config) -> Result<()> {
         }
         None => None,
     };
-    let pool = Pool::new(config.client_cidr);
-    let gateway_addr = pool.gateway_address();
+    let leases = restore_leases(&config.state_dir, Pool::new(config.client_cidr));
+    let gateway_addr = leases.gateway_address();
     let netmask = ipnet::Ipv4Net::new(gateway_addr, config.client_cidr.prefix_len())?.netmask();
     let tun = datapath::Tun::create(TUN_NAME, gateway_addr, netmask, TUNNEL_MTU, udp.is_some())?;
     netsetup::set_txqueuelen(TUN_NAME, TUN_QUEUE_LEN).await?;
+    // The tunnel carries IPv4 only: no IPv6 link-local chatter into it.
+    let _ = std::fs::write(
+        format!("/proc/sys/net/ipv6/conf/{TUN_NAME}/disable_ipv6"),
+        "1",
+    );
 
     let mut host = HostState {
         applied: None,
@@ -183,6 +251,7 @@ pub async fn serve(config: Config) -> Result<()> {
             TUN_NAME,
             config.client_cidr,
             &targets,
+            &config.dns_servers,
             before,
             std::process::id(),
         )
@@ -192,7 +261,8 @@ pub async fn serve(config: Config) -> Result<()> {
         policy: ArcSwap::from_pointee(policy),
         tls: ArcSwap::from_pointee(tls_config),
         registry: Registry::default(),
-        pool: Mutex::new(pool),
+        leases: Mutex::new(leases),
+        admission: tokio::sync::Mutex::new(()),
         tun,
         udp,
         connlog,
@@ -213,6 +283,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let stop_packets = Arc::new(std::sync::atomic::AtomicBool::new(false));
     datapath::start(&gw, &mut tasks, stop_packets.clone());
     tasks.spawn(crl_watcher(gw.clone()));
+    tasks.spawn(lease_saver(gw.clone()));
     // Kept apart: on shutdown it stops first, so no client is admitted
     // while the others are being told to leave.
     let acceptor = tokio::spawn(accept_loop(gw.clone(), listener));
@@ -242,6 +313,7 @@ pub async fn serve(config: Config) -> Result<()> {
     }
     stop_packets.store(true, std::sync::atomic::Ordering::Relaxed);
     tasks.abort_all();
+    save_leases(&gw);
     host.teardown();
     info!("endpoint down; host set-up removed");
     outcome
@@ -360,5 +432,42 @@ async fn crl_watcher(gw: Arc<Gateway>) -> Result<()> {
                 s.terminate("certificate revoked");
             }
         }
+    }
+}
+
+/// The lease table kept in `state_dir`; an unreadable one is named and
+/// set aside (clients then get new addresses), never fatal.
+fn restore_leases(dir: &std::path::Path, pool: Pool) -> Leases {
+    let mut leases = Leases::new(pool);
+    match lease::load(dir) {
+        Ok(None) => {}
+        Ok(Some(text)) => match leases.restore(&text) {
+            Ok(n) => info!(leases = n, state_dir = %dir.display(), "lease table restored"),
+            Err(why) => warn!(
+                file = %dir.join(lease::LEASE_FILE).display(), %why,
+                "not a lease table: clients get new addresses"
+            ),
+        },
+        Err(e) => warn!(error = %e, "cannot read the lease table: clients get new addresses"),
+    }
+    leases
+}
+
+fn save_leases(gw: &Gateway) {
+    let snapshot = gw.leases().take_snapshot();
+    if let Some(text) = snapshot
+        && let Err(e) = lease::save(&gw.config.state_dir, &text)
+    {
+        warn!(error = %e, "cannot save the lease table");
+    }
+}
+
+/// Saves the lease table when it changed, at most twice a second: a
+/// restart, even after kill -9, finds every lease older than that.
+async fn lease_saver(gw: Arc<Gateway>) -> Result<()> {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let gw = gw.clone();
+        let _ = tokio::task::spawn_blocking(move || save_leases(&gw)).await;
     }
 }

@@ -131,10 +131,9 @@ where
         );
         return gw.refuse(&mut wr, fail(why)).await;
     }
-    let Some(address) = gw.allocate() else {
-        return gw
-            .refuse(&mut wr, fail("no free address in client_cidr".into()))
-            .await;
+    let (address, admitted) = match gw.admit(&who.identity.common_name).await {
+        Ok(a) => a,
+        Err(why) => return gw.refuse(&mut wr, fail(why)).await,
     };
     // The datagram channel, if the client asks and the endpoint runs one.
     let (datagram, offer) = match (&gw.udp, hello.datagram) {
@@ -162,6 +161,7 @@ where
         end_reason: std::sync::Mutex::new(None),
     });
     gw.registry.insert(handle.clone());
+    drop(admitted);
     gw.log(&handle.record(Event::Connected));
     let groups: Vec<_> = who.identity.groups.iter().map(|g| untrusted(g)).collect();
     info!(
@@ -185,8 +185,7 @@ where
         _ = tokio::time::sleep(gw.config.session_timeout) => "session timeout".into(),
     };
     handle.outbox.close();
-    gw.registry.remove(address);
-    gw.release(address);
+    gw.end_session(address);
     let mut bye = BytesMut::new();
     let _ = encode_control(
         &mut bye,
@@ -335,7 +334,7 @@ pub fn forward(
     let unreachable = match policy.check(packet, handle.address, handle.groups) {
         // A segmentation-offload packet is many segments behind one IP
         // header: the addresses judged are those of every segment.
-        Verdict::Forward(_) if !hdr.is_sane(packet.len()) => {
+        Verdict::Forward(_) if !hdr.is_sane(packet) => {
             gw.drops.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         }

@@ -16,6 +16,11 @@ pub const GSO_NONE: u8 = 0;
 pub const GSO_TCPV4: u8 = 1;
 pub const GSO_UDP_L4: u8 = 5;
 pub const GSO_ECN: u8 = 0x80;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+/// Where TCP and UDP keep their checksums in their headers.
+const TCP_CSUM_OFFSET: u16 = 16;
+const UDP_CSUM_OFFSET: u16 = 6;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VnetHdr {
@@ -43,26 +48,43 @@ impl VnetHdr {
         })
     }
 
-    /// Whether the header is one the kernel may be handed for an IPv4
-    /// packet of `packet_len` bytes: a known GSO type with a segment size,
-    /// and checksum offsets inside the packet.
-    pub fn is_sane(&self, packet_len: usize) -> bool {
+    /// Whether the header is one the kernel may be handed with `packet`,
+    /// an IPv4 packet whose header length and total length were checked:
+    /// the checksum to complete starts at the L4 header and sits where TCP
+    /// or UDP keep theirs; segmentation matches the IP protocol, has a
+    /// segment size and headers inside the packet.
+    pub fn is_sane(&self, packet: &[u8]) -> bool {
+        let (Some(&first), Some(&protocol)) = (packet.first(), packet.get(9)) else {
+            return false;
+        };
+        let l4_start = usize::from(first & 0x0f) * 4;
         if self.flags & !(F_NEEDS_CSUM | F_DATA_VALID) != 0 {
             return false;
         }
-        if self.flags & F_NEEDS_CSUM != 0 {
-            let end = usize::from(self.csum_start) + usize::from(self.csum_offset) + 2;
-            if end > packet_len {
+        let needs_csum = self.flags & F_NEEDS_CSUM != 0;
+        if needs_csum {
+            let at_l4 = usize::from(self.csum_start) == l4_start;
+            let offset_fits = match protocol {
+                IPPROTO_TCP => self.csum_offset == TCP_CSUM_OFFSET,
+                IPPROTO_UDP => self.csum_offset == UDP_CSUM_OFFSET,
+                _ => false,
+            };
+            let end = l4_start + usize::from(self.csum_offset) + 2;
+            if !at_l4 || !offset_fits || end > packet.len() {
                 return false;
             }
         }
-        match self.gso_type & !GSO_ECN {
+        let segmented = |proto: u8| {
+            protocol == proto
+                && needs_csum
+                && self.gso_size > 0
+                && usize::from(self.hdr_len) <= packet.len()
+        };
+        match self.gso_type {
             GSO_NONE => true,
-            GSO_TCPV4 | GSO_UDP_L4 => {
-                self.gso_size > 0
-                    && usize::from(self.hdr_len) <= packet_len
-                    && self.flags & F_NEEDS_CSUM != 0
-            }
+            // ECN only qualifies TCP segmentation.
+            t if t == GSO_TCPV4 || t == GSO_TCPV4 | GSO_ECN => segmented(IPPROTO_TCP),
+            GSO_UDP_L4 => segmented(IPPROTO_UDP),
             _ => false,
         }
     }
@@ -89,26 +111,54 @@ mod tests {
         b
     }
 
+    /// An IPv4 packet of `len` bytes (20-byte header) carrying `proto`.
+    fn ipv4(proto: u8, len: usize) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[0] = 0x45;
+        p[9] = proto;
+        p
+    }
+
     #[test]
     fn tcp_segmentation_header() {
         let h = VnetHdr::parse(&hdr(F_NEEDS_CSUM, GSO_TCPV4, 52, 1448, 20, 16)).unwrap();
         assert_eq!((h.gso_size, h.csum_start, h.csum_offset), (1448, 20, 16));
-        assert!(h.is_sane(65_000));
-        assert!(VnetHdr::parse(&PLAIN).unwrap().is_sane(20));
+        assert!(h.is_sane(&ipv4(6, 65_000)));
+        let ecn = VnetHdr::parse(&hdr(F_NEEDS_CSUM, GSO_TCPV4 | GSO_ECN, 52, 1448, 20, 16));
+        assert!(ecn.unwrap().is_sane(&ipv4(6, 65_000)));
+        let udp = VnetHdr::parse(&hdr(F_NEEDS_CSUM, GSO_UDP_L4, 28, 1400, 20, 6)).unwrap();
+        assert!(udp.is_sane(&ipv4(17, 30_000)));
+        let csum = VnetHdr::parse(&hdr(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 6)).unwrap();
+        assert!(csum.is_sane(&ipv4(17, 100)));
+        assert!(VnetHdr::parse(&PLAIN).unwrap().is_sane(&ipv4(1, 20)));
     }
 
     #[test]
     fn hostile_headers_are_refused() {
-        for bad in [
-            hdr(0x10, GSO_NONE, 0, 0, 0, 0),                  // unknown flag
-            hdr(F_NEEDS_CSUM, GSO_NONE, 0, 0, 60, 16),        // checksum past the end
-            hdr(F_NEEDS_CSUM, GSO_TCPV4, 52, 0, 20, 16),      // no segment size
-            hdr(F_NEEDS_CSUM, GSO_TCPV4, 9000, 1448, 20, 16), // headers past the end
-            hdr(F_NEEDS_CSUM, 4, 52, 1448, 20, 16),           // TCPv6 on an IPv4 tunnel
-            hdr(0, GSO_TCPV4, 52, 1448, 20, 16), // segmentation without checksum offload
+        let tcp = ipv4(6, 64);
+        for (bad, packet) in [
+            (hdr(0x10, GSO_NONE, 0, 0, 0, 0), &tcp), // unknown flag
+            (hdr(F_NEEDS_CSUM, GSO_NONE, 0, 0, 60, 16), &tcp), // checksum not at L4
+            (hdr(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 50), &tcp), // past the end
+            (hdr(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 6), &tcp), // UDP's offset for TCP
+            (hdr(F_NEEDS_CSUM, GSO_NONE, 0, 0, 20, 16), &ipv4(1, 64)), // ICMP
+            (hdr(F_NEEDS_CSUM, GSO_TCPV4, 52, 0, 20, 16), &tcp), // no segment size
+            (hdr(F_NEEDS_CSUM, GSO_TCPV4, 9000, 1448, 20, 16), &tcp), // headers past the end
+            (
+                hdr(F_NEEDS_CSUM, GSO_TCPV4, 52, 1448, 20, 16),
+                &ipv4(17, 64),
+            ), // TCP GSO on UDP
+            (hdr(F_NEEDS_CSUM, GSO_UDP_L4, 28, 1400, 20, 6), &tcp), // UDP GSO on TCP
+            (
+                hdr(F_NEEDS_CSUM, GSO_UDP_L4 | GSO_ECN, 28, 9, 20, 6),
+                &ipv4(17, 64),
+            ), // ECN on UDP
+            (hdr(F_NEEDS_CSUM, 4, 52, 1448, 20, 16), &tcp), // TCPv6 on an IPv4 tunnel
+            (hdr(0, GSO_TCPV4, 52, 1448, 20, 16), &tcp), // segmentation without checksum offload
+            (PLAIN, &Vec::new()),                    // no packet at all
         ] {
             assert!(
-                !VnetHdr::parse(&bad).unwrap().is_sane(64),
+                !VnetHdr::parse(&bad).unwrap().is_sane(packet),
                 "{bad:?} accepted"
             );
         }

@@ -125,6 +125,7 @@ impl Testbed {
 client_cidr = "{CLIENT_CIDR}"
 control_socket = "{sock}"
 connection_log = "{log}"
+state_dir = "{state}"
 banner = "Authorized use only."
 {top}
 
@@ -148,6 +149,7 @@ target = "tn-a"
 "#,
             sock = self.control_socket().display(),
             log = self.connection_log().display(),
+            state = self.path("state").display(),
             cert = p.cert("vpn.example.com").display(),
             key = p.key("vpn.example.com").display(),
             ca = p.path("ca.crt").display(),
@@ -203,6 +205,31 @@ target = "tn-a"
         let mut cmd = in_ns(&self.clients[i], &bin("cvpn-client"));
         cmd.arg("connect").arg(profile).arg("--once");
         Proc::spawn(&format!("cvpn-client {i}"), cmd)
+    }
+
+    /// Starts `cvpn-client connect PROFILE` (reconnecting, without
+    /// `--once`) in client `i` and waits until its tunnel is up.
+    pub fn connect_persistent(&self, i: usize, profile: &std::path::Path) -> Proc {
+        let mut cmd = in_ns(&self.clients[i], &bin("cvpn-client"));
+        cmd.arg("connect").arg(profile);
+        let mut p = Proc::spawn(&format!("cvpn-client {i}"), cmd);
+        p.wait_for("connected to", 20);
+        p
+    }
+
+    /// The client address of each live session, by common name.
+    pub fn addresses(&self) -> std::collections::BTreeMap<String, String> {
+        self.connections()["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                (
+                    c["common-name"].as_str().unwrap_or("").to_string(),
+                    c["client-ip"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
     }
 
     /// Starts a client and waits until its tunnel is up.

@@ -288,3 +288,143 @@ fn export_profile_never_leaves_the_key_readable() {
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
     assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o777, 0o644);
 }
+
+#[test]
+fn clients_cannot_reach_services_on_the_gateway_host() {
+    let tb = Testbed::new("gwsvc", 1);
+    let config = tb.write_config("", ALL_USERS);
+    let _gw = tb.start_gateway(&config);
+    let profile = tb.client_profile("alice", &[], 0);
+    let _client = tb.connect(0, &profile);
+    let c = &tb.clients[0];
+    let listen = |ns: &str, addr: &str| {
+        let mut p = Proc::spawn("listener", {
+            let mut cmd = in_ns(ns, &tb.helper());
+            cmd.args(["serve", "--listen", addr, "--bytes", "10", "--seed", "1"]);
+            cmd.args(["--timeout", "20"]);
+            cmd
+        });
+        p.wait_for("listening", 10);
+        p
+    };
+    let connect = |addr: &str| {
+        sh(
+            c,
+            &format!(
+                "timeout 3 {} fetch --connect {addr} --bytes 10 --seed 1",
+                tb.helper().display()
+            ),
+        )
+    };
+    // A service on the ENI address: the tunnel's packets never reach it.
+    let _on_gateway = listen(&tb.gateway, &format!("{}:8080", cvpn_e2e::testbed::ENI));
+    let out = connect(&format!("{}:8080", cvpn_e2e::testbed::ENI));
+    assert!(!out.status.success(), "reached the gateway host: {out:?}");
+    let drops = sh_ok(&tb.gateway, "nft list chain ip cvpn_gw input");
+    assert!(!drops.contains("packets 0 "), "{drops}");
+    // The same service on the target network is reachable.
+    let _on_target = listen(&tb.target, &format!("{TARGET}:8080"));
+    let out = connect(&format!("{TARGET}:8080"));
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A packet frame: virtio-net header `vnet` and IPv4 `packet`.
+fn packet_frame(vnet: [u8; 10], packet: &[u8]) -> Vec<u8> {
+    let len = vnet.len() + packet.len();
+    let mut f = vec![1, (len >> 16) as u8, (len >> 8) as u8, len as u8];
+    f.extend_from_slice(&vnet);
+    f.extend_from_slice(packet);
+    f
+}
+
+/// A 28-byte IPv4/UDP packet from the first client address to the target.
+fn udp_packet() -> Vec<u8> {
+    let mut p = vec![0u8; 28];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&28u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&[10, 250, 0, 2]);
+    p[16..20].copy_from_slice(&[192, 168, 1, 20]);
+    p[20..22].copy_from_slice(&1000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&9u16.to_be_bytes());
+    p[24..26].copy_from_slice(&8u16.to_be_bytes());
+    p
+}
+
+fn vnet(flags: u8, gso: u8, csum_start: u16, csum_offset: u16) -> [u8; 10] {
+    let mut v = [0u8; 10];
+    v[0] = flags;
+    v[1] = gso;
+    v[2..4].copy_from_slice(&28u16.to_le_bytes());
+    v[4..6].copy_from_slice(&1400u16.to_le_bytes());
+    v[6..8].copy_from_slice(&csum_start.to_le_bytes());
+    v[8..10].copy_from_slice(&csum_offset.to_le_bytes());
+    v
+}
+
+/// What the gateway's kernel counts for packets it was handed: IPv4
+/// header errors and the tun device's received packets.
+fn kernel_counters(ns: &str) -> (String, String) {
+    let snmp = sh_ok(ns, "cat /proc/net/snmp");
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let names: Vec<&str> = ip.next().unwrap().split_whitespace().collect();
+    let values: Vec<&str> = ip.next().unwrap().split_whitespace().collect();
+    let at = names.iter().position(|n| *n == "InHdrErrors").unwrap();
+    let rx = sh_ok(ns, "cat /sys/class/net/cvpn-gw0/statistics/rx_packets");
+    (values[at].to_string(), rx.trim().to_string())
+}
+
+#[test]
+fn malformed_packets_never_reach_the_kernel() {
+    let tb = Testbed::new("malformed", 1);
+    let config = tb.write_config("", ALL_USERS);
+    let mut gw = tb.start_gateway(&config);
+    tb.pki.ok(&["issue", "client", "alice"]);
+    let before = kernel_counters(&tb.gateway);
+
+    let hello = br#"{"type":"hello","version":1,"os":"x","client":"y"}"#;
+    let mut bytes = vec![2, 0, 0, hello.len() as u8];
+    bytes.extend_from_slice(hello);
+    let plain = [0u8; 10];
+    let mut bad = Vec::new();
+    let mut spoil = |f: &dyn Fn(&mut Vec<u8>), v: [u8; 10]| {
+        let mut p = udp_packet();
+        f(&mut p);
+        bad.push(packet_frame(v, &p));
+    };
+    spoil(&|p| p[0] = 0x4f, plain); // IHL beyond the packet
+    spoil(&|p| p[2..4].copy_from_slice(&1000u16.to_be_bytes()), plain); // total length beyond
+    spoil(&|p| p[2..4].copy_from_slice(&20u16.to_be_bytes()), plain); // total length below
+    spoil(&|_| {}, vnet(1, 1, 20, 16)); // TCP segmentation of a UDP packet
+    spoil(&|_| {}, vnet(1, 0, 0, 6)); // checksum start not at the L4 header
+    spoil(&|_| {}, vnet(1, 0, 20, 16)); // TCP's checksum offset in UDP
+    let cases = bad.len() as u64;
+    for f in bad {
+        bytes.extend_from_slice(&f);
+    }
+    let file = tb.path("frames.bin");
+    std::fs::write(&file, &bytes).unwrap();
+    let p = &tb.pki;
+    sh(
+        &tb.clients[0],
+        &format!(
+            "(cat {f}; sleep 2) | timeout 10 openssl s_client -quiet -connect 198.18.0.1:443 -tls1_3 -alpn cvpn/1 \
+             -cert {cert} -key {key} -CAfile {ca} >/dev/null 2>&1",
+            f = file.display(),
+            cert = p.cert("alice").display(),
+            key = p.key("alice").display(),
+            ca = p.path("ca.crt").display(),
+        ),
+    );
+    gw.wait_for("session ended", 10);
+    let drops = &tb.connections()["drops"];
+    assert_eq!(drops["malformed"], cases, "{drops}");
+    assert_eq!(kernel_counters(&tb.gateway), before);
+
+    // A real client's idle tunnel adds nothing to the counter.
+    let profile = tb.export_profile("alice", 0);
+    let _client = tb.connect(0, &profile);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(tb.connections()["drops"]["malformed"], cases);
+}

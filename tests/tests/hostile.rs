@@ -66,10 +66,7 @@ fn client_reconnects_after_the_gateway_restarts() {
     let mut gw = tb.start_gateway(&config);
     let profile = tb.client_profile("alice", &[], 0);
     // Without --once: the client keeps the user connected.
-    let mut cmd = cvpn_e2e::netns::in_ns(&tb.clients[0], &cvpn_e2e::bin("cvpn-client"));
-    cmd.arg("connect").arg(&profile);
-    let mut client = cvpn_e2e::netns::Proc::spawn("cvpn-client", cmd);
-    client.wait_for("connected to", 20);
+    let mut client = tb.connect_persistent(0, &profile);
     assert_eq!(gw.stop(), 0);
     client.wait_for("endpoint shutting down", 20);
     let before = client.output().matches("connected to").count();

@@ -2,12 +2,12 @@
 //! Every route carries our own protocol number, so routes left by a client
 //! that was killed are found and removed at the next start.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -24,6 +24,11 @@ pub enum RouteError {
     NoLink(String),
     #[error("no route to the gateway {0} outside the tunnel")]
     NoPathToGateway(Ipv4Addr),
+    #[error("blocking IPv6 outside the full tunnel: {source}")]
+    Block {
+        #[source]
+        source: rtnetlink::Error,
+    },
     #[error("route {dest}: {source}")]
     Add {
         dest: Ipv4Net,
@@ -118,20 +123,55 @@ impl Netlink {
         Ok(msg)
     }
 
+    /// Adds the two halves of the IPv6 address space as unreachable: while
+    /// a full tunnel that carries no IPv6 is up (or reconnecting), IPv6
+    /// fails at once on the client instead of leaving in clear.
+    pub async fn block_ipv6(&self) -> Result<Vec<RouteMessage>, RouteError> {
+        let mut added = Vec::new();
+        for first in [
+            Ipv6Addr::UNSPECIFIED,
+            Ipv6Addr::new(0x8000, 0, 0, 0, 0, 0, 0, 0),
+        ] {
+            let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(first, 1)
+                .kind(RouteType::Unreachable)
+                .protocol(RouteProtocol::Other(PROTO))
+                .build();
+            self.handle
+                .route()
+                .add(msg.clone())
+                .execute()
+                .await
+                .map_err(|source| RouteError::Block { source })?;
+            added.push(msg);
+        }
+        Ok(added)
+    }
+
     pub async fn remove(&self, msg: RouteMessage) -> Result<(), RouteError> {
         Ok(self.handle.route().del(msg).execute().await?)
     }
 
-    /// Deletes every IPv4 route carrying our protocol number.
+    /// Deletes every IPv4 and IPv6 route carrying our protocol number.
     pub async fn remove_ours(&self) -> Result<usize, RouteError> {
-        let dump = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let routes: Vec<RouteMessage> = self
+        let mut routes: Vec<RouteMessage> = self
             .handle
             .route()
-            .get(dump)
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute()
             .try_collect()
             .await?;
+        // A host without IPv6 has no IPv6 routes to dump.
+        if let Ok(v6) = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv6Addr>::new().build())
+            .execute()
+            .try_collect::<Vec<RouteMessage>>()
+            .await
+        {
+            routes.extend(v6);
+        }
         let mut n = 0;
         for r in routes
             .into_iter()

@@ -59,6 +59,16 @@ fn good_config() {
     assert_eq!(c.tls.cert, PathBuf::from("/etc/cvpn/pki/issued/vpn.crt"));
     assert_eq!(c.tls.crl, Some(PathBuf::from("/etc/cvpn/crl.pem")));
     assert_eq!(c.control_socket, PathBuf::from(DEFAULT_CONTROL_SOCKET));
+    assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+    assert_eq!(c.max_sessions_per_identity, 1);
+    assert_eq!(c.max_connections, 10_000);
+    let limits = GOOD.replace(
+        "session_timeout",
+        "max_sessions_per_identity = 3\nmax_connections = 50\nstate_dir = \"state\"\nsession_timeout",
+    );
+    let l = parse(&limits).unwrap();
+    assert_eq!((l.max_sessions_per_identity, l.max_connections), (3, 50));
+    assert_eq!(l.state_dir, PathBuf::from("/etc/cvpn/state"));
     let routes: Vec<_> = c
         .routes
         .iter()
@@ -117,6 +127,19 @@ fn errors_name_their_keys() {
             ),
             "transport_protocol",
             "expected \"tcp\" or \"udp\"",
+        ),
+        (
+            GOOD.replace("session_timeout", "max_connections = 0\nsession_timeout"),
+            "max_connections",
+            "between 1 and 1000000",
+        ),
+        (
+            GOOD.replace(
+                "session_timeout",
+                "max_sessions_per_identity = -1\nsession_timeout",
+            ),
+            "max_sessions_per_identity",
+            "between 1 and 1000000",
         ),
         (
             GOOD.replace("12h", "soon"),

@@ -1,6 +1,8 @@
 //! The gateway's own nftables table. It SNATs client traffic leaving each
-//! target network's interface to that network's ENI address and lets only
-//! replies (conntrack established/related) back toward the tunnel. The
+//! target network's interface to that network's ENI address, lets only
+//! replies (conntrack established/related) back toward the tunnel, and
+//! drops tunnel traffic to the gateway host itself (the managed service's
+//! ENI is not a host), but for DNS to a pushed server the host runs. The
 //! table's comment records the value of net.ipv4.ip_forward before the
 //! gateway changed it, so a run after a crash can restore it, and the pid
 //! of the gateway that owns it, so a start never removes a live one's.
@@ -42,6 +44,7 @@ pub fn ruleset(
     tun: &str,
     client_cidr: Ipv4Net,
     targets: &[NatTarget],
+    dns_servers: &[Ipv4Addr],
     ip_forward_before: &str,
     owner_pid: u32,
 ) -> String {
@@ -68,6 +71,19 @@ pub fn ruleset(
         quote(tun)
     ));
     s.push_str(&format!("    oifname {} counter drop\n", quote(tun)));
+    s.push_str("  }\n");
+    s.push_str("  chain input {\n    type filter hook input priority filter; policy accept;\n");
+    s.push_str(&format!(
+        "    iifname {} ct state established,related accept\n",
+        quote(tun)
+    ));
+    for dns in dns_servers {
+        s.push_str(&format!(
+            "    iifname {} ip daddr {dns} meta l4proto {{ tcp, udp }} th dport 53 accept\n",
+            quote(tun)
+        ));
+    }
+    s.push_str(&format!("    iifname {} counter drop\n", quote(tun)));
     s.push_str("  }\n}\n");
     s
 }
@@ -165,6 +181,7 @@ mod tests {
             "cvpn-gw0",
             "10.250.0.0/22".parse().unwrap(),
             &targets,
+            &[Ipv4Addr::new(192, 168, 1, 53)],
             "0\n",
             4242,
         );
@@ -172,6 +189,10 @@ mod tests {
         assert!(!s.contains("eth2"));
         assert!(s.contains("oifname \"cvpn-gw0\" ct state established,related accept"));
         assert!(s.contains("oifname \"cvpn-gw0\" counter drop"));
+        assert!(s.contains("iifname \"cvpn-gw0\" counter drop"));
+        assert!(s.contains(
+            "iifname \"cvpn-gw0\" ip daddr 192.168.1.53 meta l4proto { tcp, udp } th dport 53 accept"
+        ));
         assert_eq!(
             parse_comment(&s),
             TableOwner {

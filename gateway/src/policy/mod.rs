@@ -22,7 +22,9 @@ use crate::config::{Config, RouteTarget};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Forward(RouteTarget),
-    /// Not IPv4, or too short to be an IPv4 packet.
+    /// Not IPv4, or an IPv4 header the kernel would refuse: too short, a
+    /// header length beyond the packet, a total length other than the
+    /// packet's.
     Malformed,
     /// The source is not the client's assigned address.
     Spoofed,
@@ -54,13 +56,19 @@ impl Policy {
     }
 
     /// Decides the fate of `packet`, sent by the client holding `client`.
-    /// Reads only the version, source and destination.
+    /// Reads only the version, lengths, source and destination.
     #[inline]
     pub fn check(&self, packet: &[u8], client: Ipv4Addr, groups: GroupMask) -> Verdict {
         let Some(header) = packet.get(..20) else {
             return Verdict::Malformed;
         };
-        if header[0] >> 4 != 4 || usize::from(header[0] & 0x0f) < 5 {
+        let header_len = usize::from(header[0] & 0x0f) * 4;
+        let total_len = usize::from(u16::from_be_bytes([header[2], header[3]]));
+        if header[0] >> 4 != 4
+            || header_len < 20
+            || header_len > packet.len()
+            || total_len != packet.len()
+        {
             return Verdict::Malformed;
         }
         let src = Ipv4Addr::new(header[12], header[13], header[14], header[15]);

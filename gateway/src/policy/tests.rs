@@ -150,3 +150,35 @@ fn packet_verdicts() {
     v6[0] = 0x60;
     assert_eq!(p.check(&v6, me, eng), Verdict::Malformed);
 }
+
+/// IPv4 headers the kernel would refuse are the policy's to drop.
+#[test]
+fn lengths_the_kernel_would_refuse_are_malformed() {
+    let p = policy();
+    let me = Ipv4Addr::new(10, 250, 0, 2);
+    let eng = p.group_mask(&["eng".into()]);
+    let good = packet([10, 250, 0, 2], [192, 168, 1, 5]);
+    type Spoil = fn(&mut [u8; 28]);
+    let cases: [(&str, Spoil); 5] = [
+        ("IHL beyond the packet", |b| b[0] = 0x4f),
+        ("IHL below 5", |b| b[0] = 0x44),
+        ("total length beyond", |b| {
+            b[2..4].copy_from_slice(&29u16.to_be_bytes())
+        }),
+        ("total length below", |b| {
+            b[2..4].copy_from_slice(&20u16.to_be_bytes())
+        }),
+        ("total length zero", |b| {
+            b[2..4].copy_from_slice(&0u16.to_be_bytes())
+        }),
+    ];
+    for (what, spoil) in cases {
+        let mut bad = good;
+        spoil(&mut bad);
+        assert_eq!(p.check(&bad, me, eng), Verdict::Malformed, "{what}");
+    }
+    // A frame longer than the packet it holds.
+    let mut padded = good.to_vec();
+    padded.push(0);
+    assert_eq!(p.check(&padded, me, eng), Verdict::Malformed);
+}
