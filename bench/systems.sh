@@ -73,6 +73,10 @@ listen = "$GW_OUT:443"
 client_cidr = "${1:-10.250.0.0/22}"
 control_socket = "$WORK/cvpn-gw.sock"
 transport_protocol = "${CVPN_TRANSPORT:-tcp}"
+state_dir = "$WORK/state"
+# One source opens every load session: no per-source or endpoint cap.
+handshake_rate_per_source = 1000000
+max_connections = 1000000
 
 [tls]
 cert = "$WORK/pki/issued/vpn.example.com.crt"

@@ -21,6 +21,8 @@ pub const DEFAULT_CONTROL_SOCKET: &str = "/run/cvpn-gw.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cvpn";
 /// Sessions of one identity at once (OpenVPN without duplicate-cn).
 pub const DEFAULT_MAX_SESSIONS_PER_IDENTITY: u32 = 1;
+/// New handshakes per second from one source address.
+pub const DEFAULT_HANDSHAKE_RATE_PER_SOURCE: u32 = 20;
 /// Sessions of the endpoint at once.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 
@@ -42,6 +44,7 @@ struct RawConfig {
     state_dir: Option<PathBuf>,
     max_sessions_per_identity: Option<i64>,
     max_connections: Option<i64>,
+    handshake_rate_per_source: Option<i64>,
     tls: RawTls,
     #[serde(default)]
     target_networks: Vec<RawTarget>,
@@ -177,6 +180,9 @@ pub struct Config {
     pub max_sessions_per_identity: u32,
     /// Sessions of the endpoint at once; over it new clients are refused.
     pub max_connections: u32,
+    /// New TLS handshakes per second from one source address (bursts of
+    /// twice that); over it, connections are closed before any TLS work.
+    pub handshake_rate_per_source: u32,
     pub tls: TlsFiles,
     pub target_networks: Vec<TargetNetwork>,
     /// The effective route table: `associate` routes first, then the file's.
@@ -315,6 +321,11 @@ impl Validator {
             raw.max_connections,
             DEFAULT_MAX_CONNECTIONS,
         );
+        let handshake_rate_per_source = self.count(
+            "handshake_rate_per_source",
+            raw.handshake_rate_per_source,
+            DEFAULT_HANDSHAKE_RATE_PER_SOURCE,
+        );
         let targets = self.targets(raw.target_networks, cidr);
         let routes = self.routes(raw.routes, &targets, cidr);
         let rules = self.rules(raw.authorization_rules);
@@ -339,6 +350,7 @@ impl Validator {
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             max_sessions_per_identity,
             max_connections,
+            handshake_rate_per_source,
             tls: TlsFiles {
                 cert: resolve(raw.tls.cert),
                 key: resolve(raw.tls.key),

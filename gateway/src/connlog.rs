@@ -46,6 +46,19 @@ pub struct Record {
     pub event: Event,
 }
 
+/// A new connection id, as the managed service writes them.
+pub fn new_connection_id() -> String {
+    let mut b = [0u8; 8];
+    // Without the OS's randomness, the clock still tells sessions apart in logs.
+    if getrandom::fill(&mut b).is_err() {
+        b = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64).to_be_bytes();
+    }
+    format!(
+        "cvpn-conn-{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
 fn stamp(t: OffsetDateTime) -> String {
     let fmt = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
     t.format(fmt).unwrap_or_else(|_| "NA".into())

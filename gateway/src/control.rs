@@ -27,20 +27,47 @@ pub enum Request {
     },
 }
 
-/// Binds the socket (mode 0600: it can end anyone's session) and returns
-/// the task that serves it.
-pub async fn listen(gw: Arc<Gateway>) -> Result<impl std::future::Future<Output = Result<()>>> {
-    let path = gw.config.control_socket.clone();
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("control_socket: {}", dir.display()))?;
-    }
-    let listener = UnixListener::bind(&path)
+/// Binds `path` so that no one else can connect at any moment: the
+/// socket is made inside a new directory only we can enter, set to 0600,
+/// then renamed into place (no umask change, which would be process-wide).
+fn bind_private(path: &Path) -> Result<UnixListener> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("control_socket: {}", dir.display()))?;
+    let private = tempfile::Builder::new()
+        .prefix(".cvpn-gw-sock.")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(dir)
+        .with_context(|| {
+            format!(
+                "control_socket: cannot create a directory in {}",
+                dir.display()
+            )
+        })?;
+    let inner = private.path().join("sock");
+    let listener = UnixListener::bind(&inner)
         .with_context(|| format!("control_socket: cannot bind {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&inner, path)
+        .with_context(|| format!("control_socket: cannot bind {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Binds the socket (mode 0600: it can end anyone's session) and returns
+/// the task that serves it. An accept error (out of descriptors and the
+/// like) pauses the task, never ends it.
+pub async fn listen(gw: Arc<Gateway>) -> Result<impl std::future::Future<Output = Result<()>>> {
+    let listener = bind_private(&gw.config.control_socket)?;
     Ok(async move {
         loop {
-            let (stream, _) = listener.accept().await.context("control socket")?;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
             let gw = gw.clone();
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(5), answer(gw, stream)).await;

@@ -7,6 +7,7 @@ pub mod connlog;
 pub mod datagram;
 pub mod dataplane;
 pub mod export;
+pub mod handshakes;
 pub mod icmp;
 pub mod lease;
 pub mod metrics;

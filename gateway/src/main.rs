@@ -2,6 +2,7 @@
 
 mod control;
 mod datapath;
+mod listener;
 mod metrics_http;
 mod serve;
 mod session;

@@ -26,6 +26,11 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// Counts one failed connection attempt.
+    pub fn count_failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn count(&self, event: &Event) {
         match event {
             Event::Connected => self.connected.fetch_add(1, Ordering::Relaxed),

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use cvpn_gw::config::{Config, TransportProtocol};
 use cvpn_gw::connlog::{ConnLog, Event, Record};
 use cvpn_gw::dataplane::{Drops, Registry};
+use cvpn_gw::handshakes::{FailureTally, SourceRate};
 use cvpn_gw::lease::{self, Leases};
 use cvpn_gw::metrics::Tally;
 use cvpn_gw::netsetup::{self, nft};
@@ -20,17 +21,16 @@ use cvpn_gw::tls;
 use cvpn_proto::Control;
 use cvpn_proto::text::untrusted;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
-use crate::session::{self, Admitted, TUNNEL_MTU};
-use crate::{control, datapath, metrics_http};
+use crate::session::TUNNEL_MTU;
+use crate::{control, datapath, listener, metrics_http};
 
 pub const TUN_NAME: &str = "cvpn-gw0";
 /// Packets the kernel may queue for the gateway to read from its tun device.
 const TUN_QUEUE_LEN: u32 = 10_000;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Gateway {
     pub config: Config,
@@ -42,6 +42,12 @@ pub struct Gateway {
     /// Held while a client is admitted: the per-identity and endpoint
     /// limits are checked and the address assigned as one step.
     pub admission: tokio::sync::Mutex<()>,
+    /// Handshakes in progress (bounded).
+    pub handshakes: Arc<tokio::sync::Semaphore>,
+    /// New handshakes per source address (bounded rate).
+    pub source_rate: Mutex<SourceRate>,
+    /// Failed attempts without a certificate, until logged.
+    pub failures: Mutex<FailureTally>,
     pub tun: datapath::Tun,
     /// The datagram channel's socket (transport_protocol = "udp"),
     /// non-blocking, read by the packet thread.
@@ -123,6 +129,34 @@ impl Gateway {
         let mut leases = self.leases();
         self.registry.remove(addr);
         leases.release(addr);
+    }
+
+    /// Counts a failed attempt that presented no certificate; it is
+    /// logged with the others from its source at the next flush.
+    pub fn failed_without_certificate(&self, device: SocketAddr, reason: &str) {
+        self.tally.count_failed();
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).add(
+            device,
+            reason,
+            time::OffsetDateTime::now_utc(),
+        );
+    }
+
+    /// Logs the failed attempts counted since the last flush.
+    pub fn flush_failures(&self) {
+        let records = self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(listener::FAILURE_INTERVAL.as_secs());
+        for r in records {
+            if let Event::Failed { reason } = &r.event {
+                warn!(device_ip = %r.device.ip(), reason = %untrusted(reason), "connection attempts refused");
+            }
+            if let Some(l) = &self.connlog {
+                l.write(&r);
+            }
+        }
     }
 
     pub fn log(&self, record: &Record) {
@@ -263,6 +297,11 @@ pub async fn serve(config: Config) -> Result<()> {
         registry: Registry::default(),
         leases: Mutex::new(leases),
         admission: tokio::sync::Mutex::new(()),
+        handshakes: Arc::new(tokio::sync::Semaphore::new(
+            listener::MAX_HANDSHAKES_IN_PROGRESS,
+        )),
+        source_rate: Mutex::new(SourceRate::new(config.handshake_rate_per_source)),
+        failures: Mutex::new(FailureTally::default()),
         tun,
         udp,
         connlog,
@@ -286,7 +325,8 @@ pub async fn serve(config: Config) -> Result<()> {
     tasks.spawn(lease_saver(gw.clone()));
     // Kept apart: on shutdown it stops first, so no client is admitted
     // while the others are being told to leave.
-    let acceptor = tokio::spawn(accept_loop(gw.clone(), listener));
+    let acceptor = tokio::spawn(listener::accept_loop(gw.clone(), listener));
+    tasks.spawn(listener::failure_logger(gw.clone()));
     tasks.spawn(control);
     if let Some(m) = metrics {
         info!(metrics_listen = ?gw.config.metrics_listen, "metrics at /metrics");
@@ -314,85 +354,10 @@ pub async fn serve(config: Config) -> Result<()> {
     stop_packets.store(true, std::sync::atomic::Ordering::Relaxed);
     tasks.abort_all();
     save_leases(&gw);
+    gw.flush_failures();
     host.teardown();
     info!("endpoint down; host set-up removed");
     outcome
-}
-
-async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) -> Result<()> {
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of descriptors and the like: pause rather than spin.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        tokio::spawn(handle_connection(gw.clone(), tcp, peer));
-    }
-}
-
-async fn handle_connection(gw: Arc<Gateway>, tcp: TcpStream, peer: SocketAddr) {
-    let start = time::OffsetDateTime::now_utc();
-    let fail = |reason: String, cn: Option<String>| Record {
-        connection_id: session::new_connection_id(),
-        common_name: cn,
-        client_ip: None,
-        device: peer,
-        datagram: false,
-        start,
-        event: Event::Failed { reason },
-    };
-    let tcp = match cvpn_proto::Transport::new(tcp) {
-        Ok(t) => t,
-        Err(e) => return gw.log(&fail(format!("cannot tune the connection: {e}"), None)),
-    };
-    let (config, presented) = match gw.tls.load().for_connection() {
-        Ok(c) => c,
-        Err(e) => return gw.log(&fail(e.to_string(), None)),
-    };
-    let handshake = cvpn_proto::tls::accept(tcp, config);
-    let mut stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let seen = presented.lock().unwrap_or_else(|p| p.into_inner()).take();
-            let seen = seen.unwrap_or_default();
-            let reason = format!("TLS handshake failed: {e}");
-            warn!(device_ip = %peer, common_name = %untrusted(seen.common_name.as_deref().unwrap_or("NA")),
-                  serial = %seen.serial.as_deref().unwrap_or("NA"), %reason, "connection refused");
-            return gw.log(&fail(reason, seen.common_name));
-        }
-        Err(_) => return gw.log(&fail("TLS handshake timed out".into(), None)),
-    };
-    if stream.alpn_protocol() != Some(cvpn_proto::ALPN) {
-        let why = "client did not negotiate ALPN cvpn/1 (not a cvpn client?)".to_string();
-        return gw.refuse(&mut stream, fail(why, None)).await;
-    }
-    let identity = match stream
-        .peer_certificates()
-        .first()
-        .map(|c| cvpn_pki::client_identity(c))
-    {
-        Some(Ok(id)) => id,
-        Some(Err(e)) => return gw.refuse(&mut stream, fail(e.to_string(), None)).await,
-        None => {
-            return gw
-                .refuse(&mut stream, fail("no client certificate".into(), None))
-                .await;
-        }
-    };
-    session::run(
-        gw,
-        stream,
-        Admitted {
-            identity,
-            device: peer,
-            start,
-        },
-    )
-    .await;
 }
 
 fn mtime(path: &std::path::Path) -> Option<SystemTime> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use cvpn_gw::config::RouteTarget;
-use cvpn_gw::connlog::{Event, Record};
+use cvpn_gw::connlog::{Event, Record, new_connection_id};
 use cvpn_gw::datagram::DatagramPath;
 use cvpn_gw::dataplane::{Counters, Outbox, SessionHandle};
 use cvpn_gw::icmp::{self, Unreachable};
@@ -43,18 +43,6 @@ const BUSY_READ: usize = 256 * 1024;
 pub const MAX_REASON_CHARS: usize = 200;
 /// A session without traffic this long gives its buffers back.
 const SHRINK_AFTER: Duration = Duration::from_secs(2);
-
-pub fn new_connection_id() -> String {
-    let mut b = [0u8; 8];
-    // Without the OS's randomness, the clock still tells sessions apart in logs.
-    if getrandom::fill(&mut b).is_err() {
-        b = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64).to_be_bytes();
-    }
-    format!(
-        "cvpn-conn-{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    )
-}
 
 /// Reads until one control frame is complete; packets before it are a
 /// protocol error.

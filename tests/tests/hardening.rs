@@ -428,3 +428,44 @@ fn malformed_packets_never_reach_the_kernel() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(tb.connections()["drops"]["malformed"], cases);
 }
+
+#[test]
+fn a_connect_flood_neither_fills_the_log_nor_keeps_clients_out() {
+    let tb = Testbed::new("flood", 2);
+    let config = tb.write_config("", ALL_USERS);
+    let mut gw = tb.start_gateway(&config);
+    let profile = tb.client_profile("alice", &[], 1);
+    let mut flood = Proc::spawn("flood", {
+        let mut cmd = in_ns(&tb.clients[0], &tb.helper());
+        cmd.args(["flood", "--connect", "198.18.0.1:443", "--count", "20000"]);
+        cmd
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // A legitimate client from elsewhere gets in during the flood.
+    let started = std::time::Instant::now();
+    let _client = tb.connect(1, &profile);
+    let took = started.elapsed();
+    let flooded = flood.wait_for("flood done", 60);
+    assert!(flooded.contains("of 20000 connected"), "{flooded}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "client took {took:?} during the flood"
+    );
+    // The flood's attempts are logged per source and interval.
+    gw.wait_for("connection attempts refused", 15);
+    let log = std::fs::read_to_string(tb.connection_log()).unwrap();
+    let from_flood: Vec<&str> = log.lines().filter(|l| l.contains("198.18.0.2")).collect();
+    let bytes: usize = from_flood.iter().map(|l| l.len() + 1).sum();
+    assert!(
+        !from_flood.is_empty() && from_flood.len() <= 4,
+        "{} lines: {from_flood:?}",
+        from_flood.len()
+    );
+    assert!(bytes < 4 * 800, "{bytes} bytes from the flood");
+    assert!(
+        from_flood
+            .iter()
+            .any(|l| l.contains("attempts without a client certificate")),
+        "{from_flood:?}"
+    );
+}

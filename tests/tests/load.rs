@@ -7,7 +7,11 @@ use cvpn_e2e::testbed::{TARGET, Testbed};
 #[test]
 fn load_tool_sessions_all_carry_traffic() {
     let tb = Testbed::new("load", 1);
-    let config = tb.write_config("", "[[authorization_rules]]\ndestination = \"0.0.0.0/0\"\n");
+    // Every session comes from one source address.
+    let config = tb.write_config(
+        "handshake_rate_per_source = 1000000",
+        "[[authorization_rules]]\ndestination = \"0.0.0.0/0\"\n",
+    );
     let _gw = tb.start_gateway(&config);
     tb.pki.ok(&["issue", "client", "load", "--count", "60"]);
     sh_ok(&tb.target, "echo 0 > /proc/sys/net/ipv4/icmp_ratelimit");

@@ -1,7 +1,7 @@
 //! Test helper run inside the test namespaces: a TCP source that sends a
 //! deterministic byte stream and reports who connected, and a fetcher that
 //! checks the stream byte for byte; with `--upload` the fetcher sends and
-//! the source checks. Both stop by themselves.
+//! the source checks; a flood of bare TCP connects. All stop by themselves.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -129,12 +129,37 @@ fn fetch(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// flood --connect ADDR --count N: N bare TCP connects, each closed at
+/// once, as fast as they go (at most 60 s); prints how many connected.
+fn flood(args: &[String]) -> Result<(), String> {
+    let target = arg(args, "--connect").ok_or("--connect missing")?;
+    let addr = target
+        .to_socket_addrs()
+        .map_err(|e| format!("{target}: {e}"))?
+        .next()
+        .ok_or("no address")?;
+    let count = num(args, "--count", 1000);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut connected = 0u64;
+    for _ in 0..count {
+        if Instant::now() > deadline {
+            break;
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            connected += 1;
+        }
+    }
+    println!("flood done: {connected} of {count} connected");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
         Some("serve") => serve(&args),
         Some("fetch") => fetch(&args),
-        _ => Err("usage: cvpn-e2e-helper serve|fetch ...".into()),
+        Some("flood") => flood(&args),
+        _ => Err("usage: cvpn-e2e-helper serve|fetch|flood ...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

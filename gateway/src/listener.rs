@@ -1,0 +1,139 @@
+//! The TLS listener: admits a connection only within the bounds on
+//! unauthenticated work (a rate of new handshakes per source address, a
+//! bound on handshakes in progress), runs the handshake, and hands
+//! authenticated clients to their session. Failed attempts without a
+//! certificate are logged as one line per source per interval.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use cvpn_gw::connlog::{Event, Record, new_connection_id};
+use cvpn_proto::text::untrusted;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::warn;
+
+use crate::serve::Gateway;
+use crate::session::{self, Admitted};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once, endpoint-wide: each may buffer up to
+/// the handshake buffer's cap for up to HANDSHAKE_TIMEOUT.
+pub const MAX_HANDSHAKES_IN_PROGRESS: usize = 1024;
+/// How often failed attempts without a certificate are logged, per source.
+pub const FAILURE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Accepts connections until aborted; an accept error (out of
+/// descriptors and the like) pauses it, never ends it.
+pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) -> Result<()> {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let within_rate = gw
+            .source_rate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(peer.ip(), Instant::now());
+        if !within_rate {
+            // Refused before any TLS work: closing costs nothing.
+            gw.failed_without_certificate(peer, "over the source address's handshake rate");
+            continue;
+        }
+        let Ok(permit) = gw.handshakes.clone().try_acquire_owned() else {
+            gw.failed_without_certificate(peer, "too many handshakes in progress");
+            continue;
+        };
+        tokio::spawn(handle_connection(gw.clone(), tcp, peer, permit));
+    }
+}
+
+async fn handle_connection(
+    gw: Arc<Gateway>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    let start = time::OffsetDateTime::now_utc();
+    let fail = |reason: String, cn: Option<String>| Record {
+        connection_id: new_connection_id(),
+        common_name: cn,
+        client_ip: None,
+        device: peer,
+        datagram: false,
+        start,
+        event: Event::Failed { reason },
+    };
+    let tcp = match cvpn_proto::Transport::new(tcp) {
+        Ok(t) => t,
+        Err(e) => {
+            let why = format!("cannot tune the connection: {e}");
+            return gw.failed_without_certificate(peer, &why);
+        }
+    };
+    let (config, presented) = match gw.tls.load().for_connection() {
+        Ok(c) => c,
+        Err(e) => return gw.log(&fail(e.to_string(), None)),
+    };
+    let handshake = cvpn_proto::tls::accept(tcp, config);
+    let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
+    drop(permit);
+    let seen = presented.lock().unwrap_or_else(|p| p.into_inner()).take();
+    let mut stream = match (outcome, seen) {
+        (Ok(Ok(s)), _) => s,
+        (Ok(Err(e)), Some(seen)) => {
+            // A certificate was presented: logged one by one, by name.
+            let reason = format!("TLS handshake failed: {e}");
+            warn!(device_ip = %peer, common_name = %untrusted(seen.common_name.as_deref().unwrap_or("NA")),
+                  serial = %seen.serial.as_deref().unwrap_or("NA"), %reason, "connection refused");
+            return gw.log(&fail(reason, seen.common_name));
+        }
+        (Ok(Err(e)), None) => {
+            return gw.failed_without_certificate(peer, &format!("TLS handshake failed: {e}"));
+        }
+        (Err(_), _) => return gw.failed_without_certificate(peer, "TLS handshake timed out"),
+    };
+    if stream.alpn_protocol() != Some(cvpn_proto::ALPN) {
+        let why = "client did not negotiate ALPN cvpn/1 (not a cvpn client?)".to_string();
+        return gw.refuse(&mut stream, fail(why, None)).await;
+    }
+    let identity = match stream
+        .peer_certificates()
+        .first()
+        .map(|c| cvpn_pki::client_identity(c))
+    {
+        Some(Ok(id)) => id,
+        Some(Err(e)) => return gw.refuse(&mut stream, fail(e.to_string(), None)).await,
+        None => {
+            return gw
+                .refuse(&mut stream, fail("no client certificate".into(), None))
+                .await;
+        }
+    };
+    session::run(
+        gw,
+        stream,
+        Admitted {
+            identity,
+            device: peer,
+            start,
+        },
+    )
+    .await;
+}
+
+/// Writes the failed attempts without a certificate once per interval:
+/// one line per source, with the count.
+pub async fn failure_logger(gw: Arc<Gateway>) -> Result<()> {
+    loop {
+        tokio::time::sleep(FAILURE_INTERVAL).await;
+        gw.flush_failures();
+    }
+}
