@@ -36,7 +36,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Channel {
     /// A socket to the endpoint's datagram port, at the address the TLS
     /// stream reached.
-    pub async fn open(endpoint: SocketAddr, offer: &DatagramOffer) -> Result<Channel> {
+    /// The offer's keys are consumed: a channel opened again needs a new
+    /// offer (a new session), so no counter ever restarts under a key.
+    pub async fn open(endpoint: SocketAddr, offer: DatagramOffer) -> Result<Channel> {
         let to = SocketAddr::new(endpoint.ip(), offer.port);
         let any: SocketAddr = if to.is_ipv4() {
             (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -49,8 +51,8 @@ impl Channel {
             .with_context(|| format!("UDP to {to}"))?;
         Ok(Channel {
             sock,
-            sealer: Mutex::new(Sealer::new(&offer.to_gateway, offer.session)),
-            opener: Mutex::new(Opener::new(&offer.to_client, offer.session)),
+            sealer: Mutex::new(Sealer::new(offer.to_gateway, offer.session)),
+            opener: Mutex::new(Opener::new(offer.to_client, offer.session)),
             heard: Mutex::new(None),
         })
     }
@@ -95,7 +97,7 @@ impl Channel {
                     let Ok(n) = r else { continue };
                     let opened = lock(&self.opener).open(&mut buf[..n]);
                     let (kind, payload) = match opened {
-                        Ok(o) => o,
+                        Ok(o) => (o.kind, o.payload),
                         Err(e) => {
                             debug!("datagram dropped: {e}");
                             continue;

@@ -196,7 +196,7 @@ async fn session(
         ..
     } = c;
     let keepalive = Duration::from_secs(u64::from(config.keepalive_secs.max(1)));
-    let datagram = match &config.datagram {
+    let datagram = match config.datagram {
         Some(offer) => match Channel::open(c_peer, offer).await {
             Ok(ch) => Some(ch),
             Err(e) => {

@@ -163,27 +163,37 @@ pub struct HostSetup {
     netlink: Netlink,
     routes: Vec<rtnetlink::packet_route::route::RouteMessage>,
     dns: Dns,
-    /// The configuration and gateway this set-up was made for.
-    made_for: (EndpointConfig, IpAddr),
+    /// What this set-up was made for.
+    made_for: SetupFor,
 }
 
-/// The parts of a pushed configuration the host set-up depends on.
-fn same_setup(a: &EndpointConfig, b: &EndpointConfig) -> bool {
-    (
-        a.address,
-        a.prefix_len,
-        &a.routes,
-        a.full_tunnel,
-        &a.dns_servers,
-        a.mtu,
-    ) == (
-        b.address,
-        b.prefix_len,
-        &b.routes,
-        b.full_tunnel,
-        &b.dns_servers,
-        b.mtu,
-    )
+/// The parts of a pushed configuration the host set-up depends on, and
+/// the gateway it reached.
+#[derive(PartialEq, Eq)]
+struct SetupFor {
+    address: std::net::Ipv4Addr,
+    prefix_len: u8,
+    routes: Vec<Ipv4Net>,
+    full_tunnel: bool,
+    dns_servers: Vec<std::net::Ipv4Addr>,
+    mtu: u16,
+    /// Only matters in full tunnel, where its path is pinned.
+    gateway: Option<IpAddr>,
+}
+
+impl SetupFor {
+    fn of(c: &Connected) -> SetupFor {
+        let cfg = &c.config;
+        SetupFor {
+            address: cfg.address,
+            prefix_len: cfg.prefix_len,
+            routes: cfg.routes.clone(),
+            full_tunnel: cfg.full_tunnel,
+            dns_servers: cfg.dns_servers.clone(),
+            mtu: cfg.mtu,
+            gateway: cfg.full_tunnel.then(|| c.peer.ip()),
+        }
+    }
 }
 
 impl HostSetup {
@@ -211,7 +221,7 @@ impl HostSetup {
             netlink,
             routes: Vec::new(),
             dns: Dns::None,
-            made_for: (cfg.clone(), c.peer.ip()),
+            made_for: SetupFor::of(c),
         };
         if let Err(e) = setup.install(c, profile).await {
             setup.teardown().await;
@@ -222,8 +232,7 @@ impl HostSetup {
 
     /// True if a new connection `c` needs exactly this set-up.
     pub fn fits(&self, c: &Connected) -> bool {
-        let (cfg, peer) = &self.made_for;
-        same_setup(cfg, &c.config) && (!cfg.full_tunnel || *peer == c.peer.ip())
+        self.made_for == SetupFor::of(c)
     }
 
     async fn install(&mut self, c: &Connected, profile: &Profile) -> Result<()> {

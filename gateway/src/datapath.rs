@@ -157,9 +157,9 @@ fn one_datagram(gw: &Gateway, buf: &mut [u8], reply: &mut Reply) -> bool {
     let Some(sock) = &gw.udp else {
         return false;
     };
-    match sock.recv_from(buf) {
-        Ok((len, from)) => {
-            udp::receive(gw, &mut buf[..len], from, reply);
+    match udp::recv_with_local(sock, buf) {
+        Ok((len, from, local)) => {
+            udp::receive(gw, &mut buf[..len], from, local, reply);
             true
         }
         Err(e) => {

@@ -245,6 +245,8 @@ pub async fn serve(config: Config) -> Result<()> {
             let sock = std::net::UdpSocket::bind(config.listen)
                 .with_context(|| format!("listen: cannot bind {} for UDP", config.listen))?;
             sock.set_nonblocking(true)?;
+            crate::udp::want_local_address(&sock)
+                .with_context(|| format!("listen: IP_PKTINFO on {}", config.listen))?;
             Some(sock)
         }
         TransportProtocol::Tcp => None,

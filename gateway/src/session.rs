@@ -125,7 +125,11 @@ where
     };
     // The datagram channel, if the client asks and the endpoint runs one.
     let (datagram, offer) = match (&gw.udp, hello.datagram) {
-        (Some(_), true) => match DatagramPath::offer(gw.config.listen.port()) {
+        // Under the admission lock: no other session takes the id before
+        // this one is registered.
+        (Some(_), true) => match DatagramPath::offer(gw.config.listen.port(), |id| {
+            gw.registry.by_datagram(id).is_some()
+        }) {
             Some((path, offer)) => (Some(path), Some(offer)),
             None => {
                 warn!("no randomness for datagram keys: this session uses its TLS stream only");

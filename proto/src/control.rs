@@ -22,8 +22,9 @@ pub struct ClientHello {
     pub datagram: bool,
 }
 
-/// What the endpoint tells a client once it is admitted.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What the endpoint tells a client once it is admitted. Not `Clone`: the
+/// datagram keys in it are used once.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointConfig {
     /// The client's tunnel address and the client CIDR's prefix length.
     pub address: Ipv4Addr,
@@ -45,7 +46,7 @@ pub struct EndpointConfig {
     pub datagram: Option<DatagramOffer>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Control {
     Hello(ClientHello),

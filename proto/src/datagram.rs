@@ -55,55 +55,90 @@ pub enum DatagramError {
     Exhausted,
 }
 
-/// A 256-bit key. Serialized as hex inside the TLS stream; never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub [u8; 32]);
-
-impl Secret {
-    /// A fresh random key; None if the system has no randomness to give.
-    pub fn random() -> Option<Secret> {
-        let mut k = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut k).ok()?;
-        Some(Secret(k))
-    }
+fn hex(k: &[u8; 32]) -> String {
+    k.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(..)")
+fn unhex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+    let hex = String::deserialize(d)?;
+    let bad = || serde::de::Error::custom("a key is 64 hex digits");
+    if hex.len() != 64 || !hex.is_ascii() {
+        return Err(bad());
     }
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(k)
 }
 
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let hex: String = self.0.iter().map(|b| format!("{b:02x}")).collect();
-        s.serialize_str(&hex)
-    }
-}
+/// Declares a one-direction key type: 256 bits, serialized as hex inside
+/// the TLS stream, never printed, and deliberately not `Clone`: it is
+/// consumed by the one sealer or opener made from it, so no second sealer
+/// (a reopened socket, a retry) can ever restart a counter under it.
+macro_rules! direction_key {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(PartialEq, Eq)]
+        pub struct $name([u8; 32]);
 
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let hex = String::deserialize(d)?;
-        let bad = || serde::de::Error::custom("a key is 64 hex digits");
-        if hex.len() != 64 || !hex.is_ascii() {
-            return Err(bad());
+        impl $name {
+            /// The key made of these bytes (tests and fuzzing; real keys
+            /// come from [`key_pair`] or from the TLS stream).
+            pub fn from_bytes(bytes: [u8; 32]) -> $name {
+                $name(bytes)
+            }
         }
-        let mut k = [0u8; 32];
-        for (i, b) in k.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($name), "(..)"))
+            }
         }
-        Ok(Secret(k))
-    }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&hex(&self.0))
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                unhex(d).map($name)
+            }
+        }
+    };
 }
 
-/// What the gateway tells a client that asked for the datagram channel.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+direction_key!(
+    /// The key one side seals a direction's datagrams with.
+    SealingKey
+);
+direction_key!(
+    /// The key the other side opens that direction's datagrams with.
+    OpeningKey
+);
+
+/// A fresh random key for one direction, as the sealing and the opening
+/// half; None if the system has no randomness to give.
+pub fn key_pair() -> Option<(SealingKey, OpeningKey)> {
+    let mut k = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut k).ok()?;
+    Some((SealingKey(k), OpeningKey(k)))
+}
+
+/// What the gateway tells a client that asked for the datagram channel:
+/// the client's halves of the two directions' keys.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatagramOffer {
     /// UDP port on the gateway's address (the TLS stream's peer address).
     pub port: u16,
+    /// The session id every datagram of this session carries.
     pub session: u64,
-    pub to_gateway: Secret,
-    pub to_client: Secret,
+    /// The client seals what it sends to the gateway with this.
+    pub to_gateway: SealingKey,
+    /// The client opens what the gateway sends it with this.
+    pub to_client: OpeningKey,
 }
 
 /// Whether a packet payload (virtio-net header and IP packet) may travel as
@@ -122,10 +157,10 @@ pub fn session_of(datagram: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(id.try_into().ok()?))
 }
 
-fn key(secret: &Secret) -> LessSafeKey {
+fn key(bytes: &[u8; 32]) -> LessSafeKey {
     // A 32-byte key is always the right length for ChaCha20-Poly1305.
     LessSafeKey::new(
-        UnboundKey::new(&CHACHA20_POLY1305, &secret.0).expect("32-byte ChaCha20-Poly1305 key"),
+        UnboundKey::new(&CHACHA20_POLY1305, bytes).expect("32-byte ChaCha20-Poly1305 key"),
     )
 }
 
@@ -143,9 +178,10 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    pub fn new(secret: &Secret, session: u64) -> Sealer {
+    /// The sealer of `session`'s datagrams under `secret`, which it consumes.
+    pub fn new(secret: SealingKey, session: u64) -> Sealer {
         Sealer {
-            key: key(secret),
+            key: key(&secret.0),
             session,
             next: 0,
         }
@@ -194,17 +230,18 @@ pub struct Opener {
 }
 
 impl Opener {
-    pub fn new(secret: &Secret, session: u64) -> Opener {
+    /// The opener of `session`'s datagrams under `secret`, which it consumes.
+    pub fn new(secret: OpeningKey, session: u64) -> Opener {
         Opener {
-            key: key(secret),
+            key: key(&secret.0),
             session,
             window: ReplayWindow::default(),
         }
     }
 
-    /// Authenticates and decrypts one datagram in place; returns its kind
-    /// and payload. Each counter is accepted once.
-    pub fn open<'a>(&mut self, datagram: &'a mut [u8]) -> Result<(u8, &'a [u8]), DatagramError> {
+    /// Authenticates and decrypts one datagram in place. Each counter is
+    /// accepted once.
+    pub fn open<'a>(&mut self, datagram: &'a mut [u8]) -> Result<Opened<'a>, DatagramError> {
         if datagram.len() < OVERHEAD {
             return Err(DatagramError::Short(datagram.len()));
         }
@@ -226,9 +263,26 @@ impl Opener {
             .key
             .open_in_place(nonce(counter), Aad::from(&*header), body)
             .map_err(|_| DatagramError::Forged)?;
+        let newest = counter >= self.window.top;
         self.window.mark(counter);
-        Ok((kind, plain))
+        Ok(Opened {
+            kind,
+            payload: plain,
+            newest,
+        })
     }
+}
+
+/// An authentic datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Opened<'a> {
+    /// KIND_PACKET or KIND_PROBE.
+    pub kind: u8,
+    /// The payload, decrypted in place.
+    pub payload: &'a [u8],
+    /// Its counter is the highest seen yet: only such a datagram may move
+    /// the peer's address (a replayed-late one from elsewhere may not).
+    pub newest: bool,
 }
 
 /// Which of the last WINDOW counters have been seen.
@@ -278,8 +332,18 @@ mod tests {
     use super::*;
 
     fn pair() -> (Sealer, Opener) {
-        let s = Secret([7; 32]);
-        (Sealer::new(&s, 42), Opener::new(&s, 42))
+        (
+            Sealer::new(SealingKey([7; 32]), 42),
+            Opener::new(OpeningKey([7; 32]), 42),
+        )
+    }
+
+    fn opened(kind: u8, payload: &[u8], newest: bool) -> Opened<'_> {
+        Opened {
+            kind,
+            payload,
+            newest,
+        }
     }
 
     fn seal(s: &mut Sealer, payload: &[u8]) -> Vec<u8> {
@@ -295,7 +359,7 @@ mod tests {
         for payload in [&b""[..], b"ping", &[0xab; MAX_PAYLOAD]] {
             let mut d = seal(&mut s, payload);
             assert_eq!(session_of(&d), Some(42));
-            assert_eq!(o.open(&mut d).unwrap(), (KIND_PACKET, payload));
+            assert_eq!(o.open(&mut d).unwrap(), opened(KIND_PACKET, payload, true));
         }
         let mut out = vec![0u8; MAX_DATAGRAM + 1];
         assert_eq!(
@@ -312,9 +376,10 @@ mod tests {
         o.open(&mut d).unwrap();
         let mut again = sealed[5].clone();
         assert_eq!(o.open(&mut again), Err(DatagramError::Replay));
-        // Earlier ones still within the window arrive late: accepted once.
+        // Earlier ones still within the window arrive late: accepted once,
+        // and not as the newest.
         let mut late = sealed[3].clone();
-        o.open(&mut late).unwrap();
+        assert!(!o.open(&mut late).unwrap().newest);
         let mut d = sealed[1500].clone();
         o.open(&mut d).unwrap();
         let mut old = sealed[400].clone();
@@ -340,9 +405,9 @@ mod tests {
             d[i] ^= 1;
             assert!(o.open(&mut d).is_err(), "flipped byte {i}");
         }
-        let mut other = Opener::new(&Secret([8; 32]), 42);
+        let mut other = Opener::new(OpeningKey([8; 32]), 42);
         assert_eq!(other.open(&mut good.clone()), Err(DatagramError::Forged));
-        let mut elsewhere = Opener::new(&Secret([7; 32]), 43);
+        let mut elsewhere = Opener::new(OpeningKey([7; 32]), 43);
         assert_eq!(
             elsewhere.open(&mut good.clone()),
             Err(DatagramError::Session)
@@ -372,8 +437,8 @@ mod tests {
         let offer = DatagramOffer {
             port: 443,
             session: 9,
-            to_gateway: Secret([0xa5; 32]),
-            to_client: Secret::random().unwrap(),
+            to_gateway: SealingKey([0xa5; 32]),
+            to_client: key_pair().unwrap().1,
         };
         let json = serde_json::to_string(&offer).unwrap();
         assert!(json.contains(&"a5".repeat(32)));

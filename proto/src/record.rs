@@ -149,6 +149,9 @@ pub fn open(
     key: &mut RecordKey,
     record: &mut [u8],
 ) -> Result<(u8, std::ops::Range<usize>), RecordError> {
+    if record.len() < RECORD_HEADER + 1 + TAG_LEN {
+        return Err(RecordError::Short(record.len()));
+    }
     let (hdr, body) = record.split_at_mut(RECORD_HEADER);
     let nonce = key.next_nonce();
     let inner = key
@@ -243,6 +246,17 @@ mod tests {
         );
         assert_eq!(record_len(&[23, 3, 3, 0, 16]), Err(RecordError::Short(16)));
         assert_eq!(record_len(&[23, 3, 3, 0x41, 0x00]), Ok(Some(5 + 0x4100)));
+    }
+
+    #[test]
+    fn short_slices_are_errors_not_panics() {
+        let (_, mut rx) = pair();
+        for n in 0..22 {
+            assert_eq!(
+                open(&mut rx, &mut vec![23; n]).unwrap_err(),
+                RecordError::Short(n)
+            );
+        }
     }
 
     #[test]

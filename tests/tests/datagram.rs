@@ -93,3 +93,27 @@ fn small_packets_take_udp_and_the_stream_takes_over_when_udp_is_blocked() {
 
     assert_eq!(client.stop(), 0, "{}", client.output());
 }
+
+#[test]
+fn a_gateway_on_every_address_answers_from_the_one_the_client_used() {
+    let tb = Testbed::new("pktinfo", 1);
+    // A second address on the client-facing interface: replies routed by
+    // the kernel alone would leave from 198.18.0.1, which the client's
+    // connected UDP socket drops.
+    sh_ok(&tb.gateway, "ip addr add 198.18.0.100/24 dev gc0");
+    let config = tb.write_config("transport_protocol = \"udp\"", ALL_USERS);
+    let _gw = tb.start_gateway(&config);
+    tb.pki.ok(&["issue", "client", "alice"]);
+    let profile = tb.export_profile("alice", 0);
+    let text = std::fs::read_to_string(&profile)
+        .unwrap()
+        .replace("remote 198.18.0.1 443", "remote 198.18.0.100 443");
+    std::fs::write(&profile, text).unwrap();
+    let mut client = tb.connect(0, &profile);
+    client.wait_for("datagram path up", 10);
+    let (in0, out0) = udp_counters(&tb.gateway);
+    sh_ok(&tb.clients[0], &format!("ping -c 10 -i 0.05 -W 3 {TARGET}"));
+    let (in1, out1) = udp_counters(&tb.gateway);
+    assert!(in1 - in0 >= 10, "gateway received {} datagrams", in1 - in0);
+    assert!(out1 - out0 >= 10, "gateway sent {} datagrams", out1 - out0);
+}
