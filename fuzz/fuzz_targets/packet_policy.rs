@@ -47,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
     if let Verdict::Forward(_) = p.check(data, me, groups) {
         assert_eq!(data[0] >> 4, 4);
         assert_eq!(Ipv4Addr::new(data[12], data[13], data[14], data[15]), me);
-        assert_eq!(usize::from(u16::from_be_bytes([data[2], data[3]])), data.len());
+        assert_eq!(
+            usize::from(u16::from_be_bytes([data[2], data[3]])),
+            data.len()
+        );
         let dst = Ipv4Addr::new(data[16], data[17], data[18], data[19]);
         assert!(p.routes.lookup(dst).is_some());
         assert!(p.rules.allows(dst, groups));
