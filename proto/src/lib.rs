@@ -12,6 +12,11 @@ pub mod datagram;
 pub mod frame;
 pub mod record;
 pub mod text;
+#[cfg(not(feature = "rustls-records"))]
+pub mod tls;
+/// The same interface on rustls' own record path (bench A/B only).
+#[cfg(feature = "rustls-records")]
+#[path = "tls_rustls.rs"]
 pub mod tls;
 pub mod transport;
 pub mod vnet;
