@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rx = key();
     let mut wire = Vec::new();
     let plain: Vec<u8> = data.iter().copied().take(record::MAX_PLAINTEXT).collect();
-    record::seal(&mut tx, record::APPLICATION_DATA, &plain, &mut wire);
+    record::seal(&mut tx, record::APPLICATION_DATA, &plain, &mut wire).expect("seals");
     let n = record::record_len(&wire).expect("sealed").expect("whole");
     let (typ, range) = record::open(&mut rx, &mut wire[..n]).expect("opens");
     assert_eq!(typ, record::APPLICATION_DATA);

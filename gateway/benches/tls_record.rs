@@ -153,7 +153,7 @@ fn measure_record(pause: Duration) -> (f64, f64) {
         std::thread::sleep(pause);
         wire.clear();
         let t0 = Instant::now();
-        record::seal(&mut tx, record::APPLICATION_DATA, &frame, &mut wire);
+        record::seal(&mut tx, record::APPLICATION_DATA, &frame, &mut wire).unwrap();
         let t1 = Instant::now();
         let (typ, range) = record::open(&mut rx, &mut wire).unwrap();
         let t2 = Instant::now();

@@ -7,6 +7,11 @@
 //! control message. The decoder is
 //! pure and total: any byte string yields a frame, "need more", or an error.
 
+// The TLS tests share helpers with the integration tests, which name the
+// crate.
+#[cfg(test)]
+extern crate self as cvpn_proto;
+
 pub mod control;
 pub mod datagram;
 pub mod frame;

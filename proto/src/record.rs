@@ -50,6 +50,26 @@ pub enum RecordError {
     UnknownSuite,
     #[error("traffic key rejected")]
     BadKey,
+    #[error("record content of {0} bytes (at most {MAX_PLAINTEXT} and its type)")]
+    RecordOverflow(usize),
+    #[error("record sequence number exhausted: the key must be updated first")]
+    Exhausted,
+}
+
+impl RecordError {
+    /// The alert a peer is sent for this error (RFC 8446 6.2).
+    pub fn alert(&self) -> rustls::AlertDescription {
+        use rustls::AlertDescription as A;
+        match self {
+            RecordError::BadRecord => A::BadRecordMac,
+            RecordError::Overflow(_) | RecordError::RecordOverflow(_) => A::RecordOverflow,
+            RecordError::OuterType(_) | RecordError::NoContentType => A::UnexpectedMessage,
+            RecordError::Version(_) | RecordError::Short(_) => A::DecodeError,
+            RecordError::UnknownSuite | RecordError::BadKey | RecordError::Exhausted => {
+                A::InternalError
+            }
+        }
+    }
 }
 
 /// One direction's traffic key and record sequence number.
@@ -81,8 +101,13 @@ impl RecordKey {
         self.seq
     }
 
-    /// The per-record nonce (RFC 8446 5.3); each sequence number once.
-    fn next_nonce(&mut self) -> Nonce {
+    /// The per-record nonce (RFC 8446 5.3); each sequence number once. The
+    /// number never wraps (RFC 8446 5.3): at the last one the key is spent
+    /// and must be updated, whatever the cipher.
+    fn next_nonce(&mut self) -> Result<Nonce, RecordError> {
+        if self.seq == u64::MAX {
+            return Err(RecordError::Exhausted);
+        }
         let mut nonce = self.iv;
         for (n, s) in nonce[NONCE_LEN - 8..]
             .iter_mut()
@@ -91,7 +116,7 @@ impl RecordKey {
             *n ^= s;
         }
         self.seq += 1;
-        Nonce::assume_unique_for_key(nonce)
+        Ok(Nonce::assume_unique_for_key(nonce))
     }
 }
 
@@ -102,15 +127,21 @@ fn header(body_len: usize) -> [u8; RECORD_HEADER] {
 
 /// Appends `plaintext` to `out` as records of inner type `typ`, at most
 /// MAX_PLAINTEXT each: the bytes are copied once and sealed where they lie.
-pub fn seal(key: &mut RecordKey, typ: u8, plaintext: &[u8], out: &mut Vec<u8>) {
+/// Err: the key's sequence numbers ran out (nothing more is appended).
+pub fn seal(
+    key: &mut RecordKey,
+    typ: u8,
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), RecordError> {
     out.reserve(plaintext.len() + plaintext.len().div_ceil(MAX_PLAINTEXT) * OVERHEAD);
     for chunk in plaintext.chunks(MAX_PLAINTEXT) {
+        let nonce = key.next_nonce()?;
         let hdr = header(chunk.len() + 1 + TAG_LEN);
         out.extend_from_slice(&hdr);
         let start = out.len();
         out.extend_from_slice(chunk);
         out.push(typ);
-        let nonce = key.next_nonce();
         // Sealing fails only for inputs far beyond MAX_PLAINTEXT.
         let tag = key
             .key
@@ -118,6 +149,7 @@ pub fn seal(key: &mut RecordKey, typ: u8, plaintext: &[u8], out: &mut Vec<u8>) {
             .expect("a record is within the AEAD's limits");
         out.extend_from_slice(tag.as_ref());
     }
+    Ok(())
 }
 
 /// The length of the whole record at the front of `buf`, once its header
@@ -153,11 +185,16 @@ pub fn open(
         return Err(RecordError::Short(record.len()));
     }
     let (hdr, body) = record.split_at_mut(RECORD_HEADER);
-    let nonce = key.next_nonce();
+    let nonce = key.next_nonce()?;
     let inner = key
         .key
         .open_in_place(nonce, Aad::from(&*hdr), body)
         .map_err(|_| RecordError::BadRecord)?;
+    // RFC 8446 5.2/5.4: the inner plaintext (content, type, padding) is at
+    // most 2^14 + 1 bytes, however much the body's limit would allow.
+    if inner.len() > MAX_PLAINTEXT + 1 {
+        return Err(RecordError::RecordOverflow(inner.len()));
+    }
     // The content type is the last non-zero byte; zeros after it are padding.
     let typ_at = inner
         .iter()
@@ -199,8 +236,8 @@ mod tests {
         let (mut tx, mut rx) = pair();
         let data: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
         let mut wire = Vec::new();
-        seal(&mut tx, APPLICATION_DATA, &data, &mut wire);
-        seal(&mut tx, HANDSHAKE, &[24, 0, 0, 1, 0], &mut wire);
+        seal(&mut tx, APPLICATION_DATA, &data, &mut wire).unwrap();
+        seal(&mut tx, HANDSHAKE, &[24, 0, 0, 1, 0], &mut wire).unwrap();
         assert_eq!(wire.len(), data.len() + 4 * OVERHEAD + 5);
         let recs = open_all(&mut rx, wire);
         assert_eq!(recs.len(), 4);
@@ -214,7 +251,7 @@ mod tests {
     fn tampered_or_replayed_records_fail() {
         let (mut tx, mut rx) = pair();
         let mut wire = Vec::new();
-        seal(&mut tx, APPLICATION_DATA, b"ping", &mut wire);
+        seal(&mut tx, APPLICATION_DATA, b"ping", &mut wire).unwrap();
         let mut copy = wire.clone();
         copy[7] ^= 1;
         assert_eq!(
@@ -249,6 +286,49 @@ mod tests {
     }
 
     #[test]
+    fn oversized_inner_plaintext_is_a_record_overflow() {
+        let (mut tx, mut rx) = pair();
+        // A peer's record with 2^14 + 1 content bytes and its type: within
+        // the body's limit, over the plaintext's.
+        let mut wire = Vec::new();
+        let big = vec![1u8; MAX_PLAINTEXT + 1];
+        let hdr = header(big.len() + 1 + TAG_LEN);
+        wire.extend_from_slice(&hdr);
+        wire.extend_from_slice(&big);
+        wire.push(APPLICATION_DATA);
+        let nonce = tx.next_nonce().unwrap();
+        let tag = tx
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::from(hdr), &mut wire[RECORD_HEADER..])
+            .unwrap();
+        wire.extend_from_slice(tag.as_ref());
+        let e = open(&mut rx, &mut wire).unwrap_err();
+        assert_eq!(e, RecordError::RecordOverflow(MAX_PLAINTEXT + 2));
+        assert_eq!(e.alert(), rustls::AlertDescription::RecordOverflow);
+    }
+
+    #[test]
+    fn sequence_numbers_never_wrap() {
+        let s = || ConnectionTrafficSecrets::Chacha20Poly1305 {
+            key: AeadKey::from([7u8; 32]),
+            iv: Iv::from([9u8; 12]),
+        };
+        let mut tx = RecordKey::new(&s(), u64::MAX - 1).unwrap();
+        let mut rx = RecordKey::new(&s(), u64::MAX - 1).unwrap();
+        let mut wire = Vec::new();
+        seal(&mut tx, APPLICATION_DATA, b"last", &mut wire).unwrap();
+        assert_eq!(
+            seal(&mut tx, APPLICATION_DATA, b"one more", &mut wire),
+            Err(RecordError::Exhausted)
+        );
+        assert_eq!(tx.seq(), u64::MAX);
+        let n = record_len(&wire).unwrap().unwrap();
+        open(&mut rx, &mut wire[..n]).unwrap();
+        let mut again = wire.clone();
+        assert_eq!(open(&mut rx, &mut again), Err(RecordError::Exhausted));
+    }
+
+    #[test]
     fn short_slices_are_errors_not_panics() {
         let (_, mut rx) = pair();
         for n in 0..22 {
@@ -264,8 +344,8 @@ mod tests {
         let (mut tx, mut rx) = pair();
         let mut wire = Vec::new();
         // Sealed as type 0 with padding: no content type at all.
-        seal(&mut tx, 0, &[0, 0, 0], &mut wire);
-        seal(&mut tx, 0, &[b'h', b'i', APPLICATION_DATA, 0, 0], &mut wire);
+        seal(&mut tx, 0, &[0, 0, 0], &mut wire).unwrap();
+        seal(&mut tx, 0, &[b'h', b'i', APPLICATION_DATA, 0, 0], &mut wire).unwrap();
         let n = record_len(&wire).unwrap().unwrap();
         let (first, second) = wire.split_at_mut(n);
         assert_eq!(

@@ -37,6 +37,10 @@ const WRITE_KEEP: usize = 64 * 1024;
 const KEY_UPDATE: u8 = 24;
 const NEW_SESSION_TICKET: u8 = 4;
 const CLOSE_NOTIFY: [u8; 2] = [1, 0];
+const USER_CANCELED: u8 = 90;
+/// Key updates a peer may send in a row without any data between them:
+/// more is a peer making us derive keys for nothing.
+const MAX_KEY_UPDATES_IN_A_ROW: u32 = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -48,6 +52,8 @@ pub enum TlsError {
     Record(#[from] RecordError),
     #[error("connection closed during the TLS handshake")]
     Closed,
+    #[error(transparent)]
+    Refused(#[from] Refusal),
 }
 
 impl From<TlsError> for io::Error {
@@ -63,6 +69,8 @@ impl From<TlsError> for io::Error {
 /// needs it.
 trait Handshaking {
     type Data;
+    /// This end is the server.
+    const SERVER: bool;
     fn common(&self) -> &rustls::CommonState;
     fn process<'c, 'i>(
         &'c mut self,
@@ -74,9 +82,10 @@ trait Handshaking {
 
 /// rustls has the same calls on both ends, on two unrelated types.
 macro_rules! handshaking {
-    ($conn:ty, $data:ty) => {
+    ($conn:ty, $data:ty, $server:expr) => {
         impl Handshaking for $conn {
             type Data = $data;
+            const SERVER: bool = $server;
             fn common(&self) -> &rustls::CommonState {
                 self
             }
@@ -95,8 +104,8 @@ macro_rules! handshaking {
     };
 }
 
-handshaking!(UnbufferedServerConnection, ServerConnectionData);
-handshaking!(UnbufferedClientConnection, ClientConnectionData);
+handshaking!(UnbufferedServerConnection, ServerConnectionData, true);
+handshaking!(UnbufferedClientConnection, ClientConnectionData, false);
 
 /// Server side: runs the handshake on `io`. The configuration must have
 /// `enable_secret_extraction` set.
@@ -190,7 +199,7 @@ where
                     // rustls refuses handshake messages over 64 KiB long
                     // before this: the cap only bounds a confused peer.
                     if filled >= MAX_HANDSHAKE_BUFFER {
-                        return Err(invalid("handshake message too large"));
+                        return Err(Refusal::Decode("handshake message too large").into());
                     }
                     incoming.resize(incoming.len() * 2, 0);
                 }
@@ -238,6 +247,13 @@ pub struct TlsTunnel<T, D> {
     rekey_at: u64,
     /// The peer asked us to update our key too (owed before our next data).
     key_update_owed: bool,
+    /// Key updates received since the last application data.
+    key_updates_in_a_row: u32,
+    /// This end is the server (a client must not send session tickets).
+    server: bool,
+    /// A fatal error ended the stream (an alert was sent): nothing more
+    /// is read or written.
+    failed: bool,
     peer_certificates: Vec<CertificateDer<'static>>,
     alpn: Option<Vec<u8>>,
     /// Received bytes: `rbuf[rpos..filled]` not yet opened, `plain` the
@@ -285,6 +301,9 @@ impl<T, D> TlsTunnel<T, D> {
             keys,
             rekey_at: limit / 2,
             key_update_owed: false,
+            key_updates_in_a_row: 0,
+            server: C::SERVER,
+            failed: false,
             peer_certificates,
             alpn,
             rpos: plain.end,
@@ -318,6 +337,23 @@ impl<T, D> TlsTunnel<T, D> {
         self.alpn.as_deref()
     }
 
+    /// Updates our sending key after `records` records under one key
+    /// instead of at half the cipher's confidentiality limit (only ever
+    /// lowered: tests cross the limit with it).
+    pub fn set_rekey_limit(&mut self, records: u64) {
+        self.rekey_at = self.rekey_at.min(records.max(1));
+    }
+
+    /// Ends the stream on `err`: a fatal alert for the peer is sealed (sent
+    /// with the next drain, best effort) and every later call fails.
+    fn fail(&mut self, alert: AlertDescription, err: TlsError) -> TlsError {
+        if !self.failed && !self.close_sent {
+            let _ = record::seal(&mut self.tx, ALERT, &[2, u8::from(alert)], &mut self.wbuf);
+        }
+        self.failed = true;
+        err
+    }
+
     /// Opens the record at the front of the read buffer if it is whole.
     /// Ok(false): more bytes are needed.
     fn open_next(&mut self) -> Result<bool, TlsError> {
@@ -330,22 +366,43 @@ impl<T, D> TlsTunnel<T, D> {
         let content = self.rpos + content.start..self.rpos + content.end;
         self.rpos += n;
         match typ {
-            APPLICATION_DATA => self.plain = content,
+            APPLICATION_DATA => {
+                self.plain = content;
+                self.key_updates_in_a_row = 0;
+            }
             HANDSHAKE => {
                 let msg = self.rbuf[content].to_vec();
                 self.on_handshake(&msg)?;
             }
             ALERT => match &self.rbuf[content] {
                 m if m == CLOSE_NOTIFY => self.peer_closed = true,
+                // RFC 8446 6.1: user_canceled is followed by close_notify.
+                [_, USER_CANCELED] => {}
                 [_, d] => {
                     let why = AlertDescription::from(*d);
+                    self.failed = true;
                     return Err(rustls::Error::AlertReceived(why).into());
                 }
-                _ => return Err(invalid("malformed alert")),
+                _ => return Err(Refusal::Decode("malformed alert").into()),
             },
-            t => return Err(invalid(&format!("unexpected record content type {t}"))),
+            _ => return Err(Refusal::Unexpected("unexpected record content type").into()),
         }
         Ok(true)
+    }
+
+    /// Opens the next record; any failure ends the stream with the alert
+    /// RFC 8446 asks for (bad_record_mac, record_overflow, ...).
+    fn open_or_fail(&mut self) -> Result<bool, TlsError> {
+        match self.open_next() {
+            Ok(more) => Ok(more),
+            Err(TlsError::Record(e)) => self.fail_with(e.alert(), TlsError::Record(e)),
+            Err(TlsError::Refused(r)) => self.fail_with(r.alert(), TlsError::Refused(r)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn fail_with(&mut self, alert: AlertDescription, err: TlsError) -> Result<bool, TlsError> {
+        Err(self.fail(alert, err))
     }
 
     /// Post-handshake messages: key updates; session tickets are not used.
@@ -353,23 +410,30 @@ impl<T, D> TlsTunnel<T, D> {
         while let [typ, a, b, c, rest @ ..] = msg {
             let len = u32::from_be_bytes([0, *a, *b, *c]) as usize;
             let Some((body, next)) = rest.split_at_checked(len) else {
-                return Err(invalid("handshake message split across records"));
+                return Err(Refusal::Unexpected("handshake message split across records").into());
             };
             match (*typ, body) {
                 (KEY_UPDATE, [req @ (0 | 1)]) if next.is_empty() => {
+                    self.key_updates_in_a_row += 1;
+                    if self.key_updates_in_a_row > MAX_KEY_UPDATES_IN_A_ROW {
+                        return Err(Refusal::Unexpected("too many key updates in a row").into());
+                    }
                     let (seq, secrets) = self.keys.update_rx_secret()?;
                     self.rx = RecordKey::new(&secrets, seq)?;
                     self.key_update_owed |= *req == 1;
                 }
-                (NEW_SESSION_TICKET, _) => {}
-                _ => return Err(invalid("unexpected post-handshake message")),
+                (KEY_UPDATE, _) => return Err(Refusal::Decode("malformed key update").into()),
+                // A server may send tickets (they are not used); a client
+                // never may (RFC 8446 4.6.1).
+                (NEW_SESSION_TICKET, _) if !self.server => {}
+                _ => return Err(Refusal::Unexpected("unexpected post-handshake message").into()),
             }
             msg = next;
         }
         if msg.is_empty() {
             Ok(())
         } else {
-            Err(invalid("truncated handshake message"))
+            Err(Refusal::Decode("truncated handshake message").into())
         }
     }
 
@@ -384,7 +448,7 @@ impl<T, D> TlsTunnel<T, D> {
             HANDSHAKE,
             &[KEY_UPDATE, 0, 0, 1, 0],
             &mut self.wbuf,
-        );
+        )?;
         let (seq, secrets) = self.keys.update_tx_secret()?;
         self.tx = RecordKey::new(&secrets, seq)?;
         self.key_update_owed = false;
@@ -392,8 +456,28 @@ impl<T, D> TlsTunnel<T, D> {
     }
 }
 
-fn invalid(what: &str) -> TlsError {
-    TlsError::Io(io::Error::new(io::ErrorKind::InvalidData, what.to_string()))
+/// What the peer sent that the protocol forbids, with the alert it gets.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// A message this end must not receive now (unexpected_message).
+    #[error("{0}")]
+    Unexpected(&'static str),
+    /// A message that does not parse (decode_error).
+    #[error("{0}")]
+    Decode(&'static str),
+}
+
+impl Refusal {
+    fn alert(&self) -> AlertDescription {
+        match self {
+            Refusal::Unexpected(_) => AlertDescription::UnexpectedMessage,
+            Refusal::Decode(_) => AlertDescription::DecodeError,
+        }
+    }
+}
+
+fn ended() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the TLS stream has ended")
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin, D: Unpin> TlsTunnel<T, D> {
@@ -479,8 +563,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin, D: Unpin> AsyncRead for TlsTunnel<T, D> 
             if this.peer_closed {
                 return Poll::Ready(Ok(()));
             }
-            if !this.open_next()? {
-                ready!(this.poll_fill(cx))?;
+            if this.failed {
+                return Poll::Ready(Err(ended()));
+            }
+            match this.open_or_fail() {
+                Ok(true) => {}
+                Ok(false) => ready!(this.poll_fill(cx))?,
+                Err(e) => {
+                    // The alert goes out if the socket takes it now.
+                    let _ = this.poll_drain(cx);
+                    return Poll::Ready(Err(e.into()));
+                }
             }
         }
     }
@@ -493,12 +586,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin, D: Unpin> AsyncWrite for TlsTunnel<T, D>
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if this.close_sent || this.failed {
+            // RFC 8446 6.1: nothing is sent after close_notify.
+            return Poll::Ready(Err(ended()));
+        }
         if this.wbuf.len() - this.wpos >= WRITE_HIGH {
             ready!(this.poll_drain(cx))?;
         }
         this.rekey_if_due()?;
         let n = data.len().min(WRITE_HIGH);
-        record::seal(&mut this.tx, APPLICATION_DATA, &data[..n], &mut this.wbuf);
+        record::seal(&mut this.tx, APPLICATION_DATA, &data[..n], &mut this.wbuf)
+            .map_err(TlsError::from)?;
         // Sent at once as far as the socket takes it; the rest goes out
         // with the next write or the flush.
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
@@ -515,12 +613,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin, D: Unpin> AsyncWrite for TlsTunnel<T, D>
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.close_sent {
+        if !this.close_sent && !this.failed {
             this.rekey_if_due()?;
-            record::seal(&mut this.tx, ALERT, &CLOSE_NOTIFY, &mut this.wbuf);
+            record::seal(&mut this.tx, ALERT, &CLOSE_NOTIFY, &mut this.wbuf)
+                .map_err(TlsError::from)?;
             this.close_sent = true;
         }
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+#[path = "tls_tests.rs"]
+mod tests;
