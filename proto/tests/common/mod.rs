@@ -73,10 +73,24 @@ pub fn server_config(pki: &Pki, tickets: usize) -> Arc<ServerConfig> {
 
 /// The server's certificate from `pki`; clients must come from `client_ca`.
 pub fn server_config_trusting(pki: &Pki, client_ca: &Pki, tickets: usize) -> Arc<ServerConfig> {
+    server_config_of(pki, client_ca, None, tickets)
+}
+
+/// A server configuration offering only `suite`.
+pub fn server_config_with(pki: &Pki, suite: SupportedCipherSuite) -> Arc<ServerConfig> {
+    server_config_of(pki, pki, Some(suite), 0)
+}
+
+fn server_config_of(
+    pki: &Pki,
+    client_ca: &Pki,
+    suite: Option<SupportedCipherSuite>,
+    tickets: usize,
+) -> Arc<ServerConfig> {
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(client_ca), provider())
         .build()
         .unwrap();
-    let mut c = ServerConfig::builder_with_provider(provider())
+    let mut c = ServerConfig::builder_with_provider(provider_for(suite))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_client_cert_verifier(verifier)
@@ -87,26 +101,6 @@ pub fn server_config_trusting(pki: &Pki, client_ca: &Pki, tickets: usize) -> Arc
         .unwrap();
     c.enable_secret_extraction = true;
     c.send_tls13_tickets = tickets;
-    c.alpn_protocols = vec![cvpn_proto::ALPN.to_vec()];
-    Arc::new(c)
-}
-
-/// A server configuration offering only `suite`.
-pub fn server_config_with(pki: &Pki, suite: SupportedCipherSuite) -> Arc<ServerConfig> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(pki), provider())
-        .build()
-        .unwrap();
-    let mut c = ServerConfig::builder_with_provider(provider_for(Some(suite)))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![CertificateDer::from_pem_file(pki.store.cert_path("gw")).unwrap()],
-            PrivateKeyDer::from_pem_file(pki.store.key_path("gw")).unwrap(),
-        )
-        .unwrap();
-    c.enable_secret_extraction = true;
-    c.send_tls13_tickets = 0;
     c.alpn_protocols = vec![cvpn_proto::ALPN.to_vec()];
     Arc::new(c)
 }
