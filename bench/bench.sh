@@ -6,6 +6,9 @@
 # table of medians and cvpn's ratio to each system. Needs root.
 #
 #   bash bench/bench.sh [--runs N] [--seconds S] [--systems "cvpn plain ..."]
+#
+# With CVPN_ALT_BIN set, the systems cvpn-alt and cvpn-udp-alt run the
+# cvpn-gw and cvpn-client found there (an A/B of two builds in one run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=3
@@ -52,6 +55,8 @@ for s in $SYSTEMS; do
     openvpn-tcp) start_openvpn tcp && measure $s; stop_openvpn ;;
     ocserv-tls) start_ocserv tls && measure $s; stop_ocserv ;;
     ocserv-dtls) start_ocserv dtls && measure $s; stop_ocserv ;;
+    # cvpn-alt, cvpn-udp-alt: the builds in $CVPN_ALT_BIN (an A/B).
+    *-alt) start_system "$s" && measure "$s"; stop_system "$s" ;;
     *) echo "unknown system $s" >&2; exit 2 ;;
   esac
 done
