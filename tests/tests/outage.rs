@@ -94,6 +94,7 @@ fn full_tunnel_outage_leaks_nothing_and_addresses_stick() {
     let _gw = tb.start_gateway(&config);
     ping_back(&c, 8);
     let total = restarted.elapsed();
+    eprintln!("traffic back {total:?} after the restart");
     assert!(
         total <= Duration::from_secs(5),
         "traffic back only {total:?} after the restart"
