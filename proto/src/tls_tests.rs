@@ -10,6 +10,8 @@ mod common;
 
 use super::*;
 use common::{client_config, name, pki, server_config};
+use rustls::client::ClientConnectionData;
+use rustls::server::ServerConnectionData;
 
 type Server = TlsTunnel<DuplexStream, ServerConnectionData>;
 type Client = TlsTunnel<DuplexStream, ClientConnectionData>;
