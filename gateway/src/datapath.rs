@@ -139,9 +139,10 @@ fn run(gw: Arc<Gateway>, stop: Arc<AtomicBool>) -> Result<()> {
     let mut tun_buf = vec![0u8; cvpn_proto::MAX_PACKET_FRAME];
     let mut dgram_buf = vec![0u8; 64 * 1024];
     let mut reply: Reply = [0u8; VNET_HDR_LEN + cvpn_gw::icmp::MAX_REPLY];
+    let mut pktinfo = udp::pktinfo_space();
     while !stop.load(Ordering::Relaxed) {
         let ready = wait(tun, gw.udp.as_ref())?;
-        if ready.datagram && one_datagram(&gw, &mut dgram_buf, &mut reply) {
+        if ready.datagram && one_datagram(&gw, &mut dgram_buf, &mut pktinfo, &mut reply) {
             drain_tun(&gw, tun, &mut tun_buf, 1)?;
         }
         if ready.tun {
@@ -153,11 +154,11 @@ fn run(gw: Arc<Gateway>, stop: Arc<AtomicBool>) -> Result<()> {
 
 /// Opens and forwards one datagram queued on the socket; false if there
 /// was none.
-fn one_datagram(gw: &Gateway, buf: &mut [u8], reply: &mut Reply) -> bool {
+fn one_datagram(gw: &Gateway, buf: &mut [u8], pktinfo: &mut [u8], reply: &mut Reply) -> bool {
     let Some(sock) = &gw.udp else {
         return false;
     };
-    match udp::recv_with_local(sock, buf) {
+    match udp::recv_with_local(sock, buf, pktinfo) {
         Ok((len, from, local)) => {
             udp::receive(gw, &mut buf[..len], from, local, reply);
             true

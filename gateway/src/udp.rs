@@ -31,18 +31,25 @@ pub fn want_local_address(sock: &UdpSocket) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Room for the ancillary data `recv_with_local` reads: allocated once by
+/// the caller, not per datagram.
+pub fn pktinfo_space() -> Vec<u8> {
+    nix::cmsg_space!(nix::libc::in_pktinfo)
+}
+
 /// Receives one datagram: its length, its sender, and the gateway address
-/// it was sent to (when the socket reports it).
+/// it was sent to (when the socket reports it). `space` comes from
+/// `pktinfo_space`.
 pub fn recv_with_local(
     sock: &UdpSocket,
     buf: &mut [u8],
+    space: &mut [u8],
 ) -> std::io::Result<(usize, SocketAddr, Option<Ipv4Addr>)> {
     let mut iov = [IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!(nix::libc::in_pktinfo);
     let msg = recvmsg::<SockaddrStorage>(
         sock.as_raw_fd(),
         &mut iov,
-        Some(&mut space),
+        Some(space),
         MsgFlags::MSG_DONTWAIT,
     )?;
     let from = msg
