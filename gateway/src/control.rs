@@ -15,14 +15,19 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::serve::Gateway;
+use crate::endpoint::Endpoint;
 
+/// A request on the admin socket.
 #[derive(Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
+    /// List the live sessions and the drop counters.
     Connections,
+    /// End sessions by connection id or common name.
     Terminate {
+        /// The session's connection id.
         connection_id: Option<String>,
+        /// Every session of this certificate common name.
         common_name: Option<String>,
     },
 }
@@ -35,7 +40,7 @@ fn bind_private(path: &Path) -> Result<UnixListener> {
     let dir = dir.unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("control_socket: {}", dir.display()))?;
     let private = tempfile::Builder::new()
-        .prefix(".cvpn-gw-sock.")
+        .prefix(".cvpn-ep-sock.")
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir_in(dir)
         .with_context(|| {
@@ -56,8 +61,8 @@ fn bind_private(path: &Path) -> Result<UnixListener> {
 /// Binds the socket (mode 0600: it can end anyone's session) and returns
 /// the task that serves it. An accept error (out of descriptors and the
 /// like) pauses the task, never ends it.
-pub async fn listen(gw: Arc<Gateway>) -> Result<impl std::future::Future<Output = Result<()>>> {
-    let listener = bind_private(&gw.config.control_socket)?;
+pub async fn listen(ep: Arc<Endpoint>) -> Result<impl std::future::Future<Output = Result<()>>> {
+    let listener = bind_private(&ep.config.control_socket)?;
     Ok(async move {
         loop {
             let stream = match listener.accept().await {
@@ -68,33 +73,33 @@ pub async fn listen(gw: Arc<Gateway>) -> Result<impl std::future::Future<Output 
                     continue;
                 }
             };
-            let gw = gw.clone();
+            let ep = ep.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), answer(gw, stream)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), answer(ep, stream)).await;
             });
         }
     })
 }
 
-async fn answer(gw: Arc<Gateway>, stream: UnixStream) -> std::io::Result<()> {
+async fn answer(ep: Arc<Endpoint>, stream: UnixStream) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     BufReader::new(rd.take(64 * 1024))
         .read_line(&mut line)
         .await?;
     let reply = match serde_json::from_str::<Request>(&line) {
-        Ok(req) => handle(&gw, req),
+        Ok(req) => handle(&ep, req),
         Err(e) => json!({ "error": format!("bad request: {e}") }),
     };
     wr.write_all(format!("{reply}\n").as_bytes()).await?;
     wr.shutdown().await
 }
 
-fn handle(gw: &Gateway, req: Request) -> Value {
+fn handle(ep: &Endpoint, req: Request) -> Value {
     match req {
         Request::Connections => {
-            let list: Vec<Value> = gw
-                .registry
+            let list: Vec<Value> = ep
+                .sessions
                 .all()
                 .iter()
                 .map(|s| {
@@ -105,6 +110,8 @@ fn handle(gw: &Gateway, req: Request) -> Value {
                         "client-ip": s.address.to_string(),
                         "device-ip": s.device.ip().to_string(),
                         "port": s.device.port().to_string(),
+                        "protocol": s.protocol.name(),
+                        "transport-protocol": if s.udp { "udp" } else { "tcp" },
                         "connection-start-time": s.started.unix_timestamp(),
                         "ingress-bytes": c.ingress_bytes.load(Ordering::Relaxed),
                         "egress-bytes": c.egress_bytes.load(Ordering::Relaxed),
@@ -113,7 +120,7 @@ fn handle(gw: &Gateway, req: Request) -> Value {
                     })
                 })
                 .collect();
-            let d = &gw.drops;
+            let d = &ep.drops;
             json!({
                 "connections": list,
                 "drops": {
@@ -131,7 +138,7 @@ fn handle(gw: &Gateway, req: Request) -> Value {
             common_name,
         } => {
             let mut ended = Vec::new();
-            for s in gw.registry.all() {
+            for s in ep.sessions.all() {
                 let hit = connection_id.as_deref() == Some(&s.connection_id)
                     || common_name.as_deref() == Some(&s.common_name);
                 if hit {
@@ -144,7 +151,7 @@ fn handle(gw: &Gateway, req: Request) -> Value {
     }
 }
 
-/// Client side, for `cvpn-gw connections` and `terminate`.
+/// Client side, for `cvpn-ep connections` and `terminate`.
 pub async fn request(socket: &Path, req: Value) -> Result<Value> {
     let mut stream = UnixStream::connect(socket).await.with_context(|| {
         format!(

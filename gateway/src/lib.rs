@@ -1,17 +1,21 @@
-//! cvpn-gw: the endpoint. Pure logic (configuration, address pool, policy,
-//! ICMP replies) is separate from the I/O shells (TLS listener, sessions,
-//! tun device, network set-up, logs).
+//! cvpn-gw: the endpoint. One endpoint core (`endpoint`: pool, policy,
+//! sessions, logs, metrics, revocation) that wire protocols (`protocol`,
+//! sans-IO) plug into through thin I/O shells: `inside` (the tun device)
+//! and `outside` (the TCP listener, the UDP socket). Pure logic
+//! (configuration, policy, ICMP replies, protocol state) is unit-tested
+//! without root.
 
 pub mod config;
-pub mod connlog;
-pub mod datagram;
-pub mod dataplane;
+pub mod control;
+pub mod endpoint;
 pub mod export;
-pub mod handshakes;
 pub mod icmp;
-pub mod lease;
-pub mod metrics;
+pub mod inside;
+pub mod metrics_http;
 pub mod netsetup;
+pub mod outside;
+pub mod packet_thread;
 pub mod policy;
-pub mod pool;
+pub mod protocol;
+pub mod serve;
 pub mod tls;

@@ -5,19 +5,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::endpoint::Endpoint;
+use crate::endpoint::metrics::{self, Route, Snapshot};
 use anyhow::{Context, Result};
-use cvpn_gw::metrics::{self, Route, Snapshot};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-
-use crate::serve::Gateway;
 
 /// Most of a request the listener reads: the request line and headers.
 const MAX_REQUEST: u64 = 8 * 1024;
 
 /// Binds the listener and returns the task that serves it.
 pub async fn listen(
-    gw: Arc<Gateway>,
+    ep: Arc<Endpoint>,
     addr: std::net::SocketAddr,
 ) -> Result<impl std::future::Future<Output = Result<()>>> {
     let listener = TcpListener::bind(addr)
@@ -32,15 +31,15 @@ pub async fn listen(
                     continue;
                 }
             };
-            let gw = gw.clone();
+            let ep = ep.clone();
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), answer(&gw, stream)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), answer(&ep, stream)).await;
             });
         }
     })
 }
 
-async fn answer(gw: &Gateway, stream: TcpStream) -> std::io::Result<()> {
+async fn answer(ep: &Endpoint, stream: TcpStream) -> std::io::Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut reader = BufReader::new(rd.take(MAX_REQUEST));
     let mut line = String::new();
@@ -51,7 +50,7 @@ async fn answer(gw: &Gateway, stream: TcpStream) -> std::io::Result<()> {
         header.clear();
     }
     let (status, content_type, body) = match metrics::route(&line) {
-        Route::Metrics => ("200 OK", metrics::CONTENT_TYPE, body(gw)),
+        Route::Metrics => ("200 OK", metrics::CONTENT_TYPE, body(ep)),
         Route::NotFound => ("404 Not Found", "text/plain", "try /metrics\n".into()),
         Route::MethodNotAllowed => ("405 Method Not Allowed", "text/plain", String::new()),
         Route::BadRequest => ("400 Bad Request", "text/plain", String::new()),
@@ -65,12 +64,12 @@ async fn answer(gw: &Gateway, stream: TcpStream) -> std::io::Result<()> {
     wr.shutdown().await
 }
 
-fn body(gw: &Gateway) -> String {
-    let active: Vec<_> = gw.registry.all().iter().map(|s| s.traffic()).collect();
-    let free = gw.free_addresses();
+fn body(ep: &Endpoint) -> String {
+    let active: Vec<_> = ep.sessions.all().iter().map(|s| s.traffic()).collect();
+    let free = ep.free_addresses();
     metrics::render(&Snapshot {
-        tally: &gw.tally,
-        drops: &gw.drops,
+        tally: &ep.tally,
+        drops: &ep.drops,
         active: &active,
         free_addresses: u64::from(free),
     })

@@ -1,6 +1,6 @@
 //! The gateway's side of a session's datagram channel (`transport_protocol
 //! = "udp"`): its keys, and where and when the client's datagrams last came
-//! from. The UDP socket itself is in serve.rs.
+//! from. The UDP socket is outside::udp.
 //!
 //! The client's UDP address is learned from its authentic datagrams (and
 //! follows it when a NAT rebinds); the gateway sends datagrams only while

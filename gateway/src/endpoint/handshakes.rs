@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use time::OffsetDateTime;
 
-use crate::connlog::{Event, Record, new_connection_id};
+use super::connlog::{Event, Record, new_connection_id};
 
 /// Sources tracked at once; past it, idle sources are forgotten first.
 pub const MAX_SOURCES: usize = 65_536;
@@ -119,7 +119,7 @@ impl FailureTally {
                 common_name: None,
                 client_ip: None,
                 device: SocketAddr::new(ip, s.port),
-                datagram: false,
+                udp: false,
                 start: s.first,
                 event: Event::Failed {
                     reason: summary(s.count, interval_secs, &s.last_reason),
@@ -132,7 +132,7 @@ impl FailureTally {
                 common_name: None,
                 client_ip: None,
                 device: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-                datagram: false,
+                udp: false,
                 start: OffsetDateTime::now_utc(),
                 event: Event::Failed {
                     reason: summary(

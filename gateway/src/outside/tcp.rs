@@ -9,25 +9,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use cvpn_gw::connlog::{Event, Record, new_connection_id};
 use cvpn_proto::text::untrusted;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::warn;
 
-use crate::serve::Gateway;
-use crate::session::{self, Admitted};
+use super::Outside;
+use super::stream::{self, Accepted, refuse};
+use crate::endpoint::FAILURE_INTERVAL;
+use crate::endpoint::connlog::{Event, Record, new_connection_id};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in progress at once, endpoint-wide: each may buffer up to
-/// the handshake buffer's cap for up to HANDSHAKE_TIMEOUT.
-pub const MAX_HANDSHAKES_IN_PROGRESS: usize = 1024;
-/// How often failed attempts without a certificate are logged, per source.
-pub const FAILURE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Accepts connections until aborted; an accept error (out of
 /// descriptors and the like) pauses it, never ends it.
-pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) -> Result<()> {
+pub async fn accept_loop(out: Outside, listener: TcpListener) -> Result<()> {
+    let ep = &out.ep;
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -37,37 +34,38 @@ pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener) -> Result<()> 
                 continue;
             }
         };
-        let within_rate = gw
+        let within_rate = ep
             .source_rate
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .allow(peer.ip(), Instant::now());
         if !within_rate {
             // Refused before any TLS work: closing costs nothing.
-            gw.failed_without_certificate(peer, "over the source address's handshake rate");
+            ep.failed_without_certificate(peer, "over the source address's handshake rate");
             continue;
         }
-        let Ok(permit) = gw.handshakes.clone().try_acquire_owned() else {
-            gw.failed_without_certificate(peer, "too many handshakes in progress");
+        let Ok(permit) = ep.handshakes.clone().try_acquire_owned() else {
+            ep.failed_without_certificate(peer, "too many handshakes in progress");
             continue;
         };
-        tokio::spawn(handle_connection(gw.clone(), tcp, peer, permit));
+        tokio::spawn(handle_connection(out.clone(), tcp, peer, permit));
     }
 }
 
 async fn handle_connection(
-    gw: Arc<Gateway>,
+    out: Outside,
     tcp: TcpStream,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) {
+    let ep = &out.ep;
     let start = time::OffsetDateTime::now_utc();
     let fail = |reason: String, cn: Option<String>| Record {
         connection_id: new_connection_id(),
         common_name: cn,
         client_ip: None,
         device: peer,
-        datagram: false,
+        udp: false,
         start,
         event: Event::Failed { reason },
     };
@@ -75,12 +73,12 @@ async fn handle_connection(
         Ok(t) => t,
         Err(e) => {
             let why = format!("cannot tune the connection: {e}");
-            return gw.failed_without_certificate(peer, &why);
+            return ep.failed_without_certificate(peer, &why);
         }
     };
-    let (config, presented) = match gw.tls.load().for_connection() {
+    let (config, presented) = match ep.tls.load().for_connection() {
         Ok(c) => c,
-        Err(e) => return gw.log(&fail(e.to_string(), None)),
+        Err(e) => return ep.log(&fail(e.to_string(), None)),
     };
     let handshake = cvpn_proto::tls::accept(tcp, config);
     let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await;
@@ -93,16 +91,16 @@ async fn handle_connection(
             let reason = format!("TLS handshake failed: {e}");
             warn!(device_ip = %peer, common_name = %untrusted(seen.common_name.as_deref().unwrap_or("NA")),
                   serial = %seen.serial.as_deref().unwrap_or("NA"), %reason, "connection refused");
-            return gw.log(&fail(reason, seen.common_name));
+            return ep.log(&fail(reason, seen.common_name));
         }
         (Ok(Err(e)), None) => {
-            return gw.failed_without_certificate(peer, &format!("TLS handshake failed: {e}"));
+            return ep.failed_without_certificate(peer, &format!("TLS handshake failed: {e}"));
         }
-        (Err(_), _) => return gw.failed_without_certificate(peer, "TLS handshake timed out"),
+        (Err(_), _) => return ep.failed_without_certificate(peer, "TLS handshake timed out"),
     };
     if stream.alpn_protocol() != Some(cvpn_proto::ALPN) {
         let why = "client did not negotiate ALPN cvpn/1 (not a cvpn client?)".to_string();
-        return gw.refuse(&mut stream, fail(why, None)).await;
+        return refuse(ep, &mut stream, fail(why, None)).await;
     }
     let identity = match stream
         .peer_certificates()
@@ -110,17 +108,16 @@ async fn handle_connection(
         .map(|c| cvpn_pki::client_identity(c))
     {
         Some(Ok(id)) => id,
-        Some(Err(e)) => return gw.refuse(&mut stream, fail(e.to_string(), None)).await,
+        Some(Err(e)) => return refuse(ep, &mut stream, fail(e.to_string(), None)).await,
         None => {
-            return gw
-                .refuse(&mut stream, fail("no client certificate".into(), None))
-                .await;
+            let why = "no client certificate".to_string();
+            return refuse(ep, &mut stream, fail(why, None)).await;
         }
     };
-    session::run(
-        gw,
+    stream::run(
+        out.clone(),
         stream,
-        Admitted {
+        Accepted {
             identity,
             device: peer,
             start,
@@ -131,9 +128,9 @@ async fn handle_connection(
 
 /// Writes the failed attempts without a certificate once per interval:
 /// one line per source, with the count.
-pub async fn failure_logger(gw: Arc<Gateway>) -> Result<()> {
+pub async fn failure_logger(ep: Arc<crate::endpoint::Endpoint>) -> Result<()> {
     loop {
         tokio::time::sleep(FAILURE_INTERVAL).await;
-        gw.flush_failures();
+        ep.flush_failures();
     }
 }

@@ -10,10 +10,26 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::connlog::{Event, Traffic};
-use crate::dataplane::Drops;
+use super::connlog::{Event, Traffic};
 
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Endpoint-wide drop counters: packets not forwarded, by reason.
+#[derive(Default)]
+pub struct Drops {
+    /// From a client, with a source other than its address.
+    pub spoofed: AtomicU64,
+    /// From a client, to a destination no route covers.
+    pub no_route: AtomicU64,
+    /// From a client, to a destination its groups are not authorized for.
+    pub denied: AtomicU64,
+    /// Not a well-formed IPv4 packet (or offload header).
+    pub malformed: AtomicU64,
+    /// For a tunnel address no session has.
+    pub no_session: AtomicU64,
+    /// For a session whose queue was full.
+    pub queue_full: AtomicU64,
+}
 
 /// Connection attempts and the traffic of ended sessions, counted as the
 /// connection log is written.

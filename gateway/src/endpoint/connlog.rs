@@ -40,8 +40,8 @@ pub struct Record {
     pub common_name: Option<String>,
     pub client_ip: Option<Ipv4Addr>,
     pub device: SocketAddr,
-    /// The session ran a datagram channel: logged as transport "udp".
-    pub datagram: bool,
+    /// The session carried packets over UDP: logged as transport "udp".
+    pub udp: bool,
     pub start: OffsetDateTime,
     pub event: Event,
 }
@@ -110,7 +110,7 @@ impl Record {
         put("port", json!(self.device.port().to_string()));
         put(
             "transport-protocol",
-            json!(if self.datagram { "udp" } else { "tcp" }),
+            json!(if self.udp { "udp" } else { "tcp" }),
         );
         put("connection-start-time", json!(stamp(self.start)));
         put(
@@ -167,7 +167,7 @@ mod tests {
             common_name: Some("alice".into()),
             client_ip: Some(Ipv4Addr::new(10, 250, 0, 2)),
             device: "198.18.0.2:40000".parse().unwrap(),
-            datagram: false,
+            udp: false,
             start,
             event: Event::Ended {
                 end: start + time::Duration::seconds(90),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::pool::Pool;
+use super::pool::Pool;
 
 /// The lease table's file name in `state_dir`.
 pub const LEASE_FILE: &str = "leases.json";

@@ -1,0 +1,138 @@
+//! Admission: the per-identity and endpoint-wide session limits and the
+//! sticky address, checked and assigned as one step; the end of a session;
+//! and the lease table kept in `state_dir` across restarts.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cvpn_proto::text::untrusted;
+use tracing::{info, warn};
+
+use super::Endpoint;
+use super::lease::{self, Leases};
+use super::pool::Pool;
+use super::session::Session;
+
+/// Proof that a client was admitted: its address, and the admission lock
+/// held until its session is registered.
+pub struct Admitted<'a> {
+    /// The address assigned to the client.
+    pub address: Ipv4Addr,
+    _guard: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Endpoint {
+    fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Addresses free in the pool.
+    pub fn free_addresses(&self) -> u32 {
+        self.leases().free()
+    }
+
+    /// Admits `common_name`: ends its oldest sessions beyond
+    /// `max_sessions_per_identity - 1` (each told why), checks
+    /// `max_connections`, and assigns its sticky address. Err: why the
+    /// client is refused. The caller registers the session (`start`)
+    /// before letting go of the admission.
+    pub async fn admit(&self, common_name: &str) -> Result<Admitted<'_>, String> {
+        let guard = self.admission.lock().await;
+        let mut same: Vec<_> = self
+            .sessions
+            .all()
+            .into_iter()
+            .filter(|s| s.common_name == common_name)
+            .collect();
+        same.sort_by_key(|s| s.started);
+        let keep = self.config.max_sessions_per_identity as usize - 1;
+        let replaced: Vec<_> = same.iter().take(same.len().saturating_sub(keep)).collect();
+        for s in &replaced {
+            info!(connection_id = %s.connection_id, common_name = %untrusted(common_name),
+                  "replaced by a new session of the same identity");
+            s.terminate("replaced by a new session of the same identity");
+        }
+        // Their addresses go back to the pool as they end (at once: the
+        // session tasks only close their outboxes first).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < deadline {
+            // Under the lease lock, as `end` unregisters and releases:
+            // gone from the registry means back in the pool.
+            let leases = self.leases();
+            let gone = !replaced.iter().any(|s| {
+                self.sessions
+                    .get(s.address)
+                    .is_some_and(|r| Arc::ptr_eq(&r, s))
+            });
+            drop(leases);
+            if gone {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if self.sessions.len() >= self.config.max_connections as usize {
+            return Err(format!(
+                "the endpoint is at max_connections ({})",
+                self.config.max_connections
+            ));
+        }
+        match self.leases().assign(common_name) {
+            Some(address) => Ok(Admitted {
+                address,
+                _guard: guard,
+            }),
+            None => Err("no free address in client_cidr".into()),
+        }
+    }
+
+    /// Registers an admitted client's session and logs its start; the
+    /// admission ends here.
+    pub fn start(&self, session: Arc<Session>, admitted: Admitted<'_>) {
+        self.sessions.insert(session.clone());
+        drop(admitted);
+        self.log(&session.record(super::connlog::Event::Connected));
+    }
+
+    /// Gives back an address `admit` assigned to a client whose session
+    /// never started.
+    pub fn abandon(&self, admitted: Admitted<'_>) {
+        self.leases().release(admitted.address);
+    }
+
+    /// Unregisters a session and returns its address to the pool (its
+    /// lease stays), as one step.
+    pub fn end(&self, session: &Session) {
+        let mut leases = self.leases();
+        self.sessions.remove(session.address);
+        leases.release(session.address);
+    }
+
+    /// Saves the lease table if it changed since the last save.
+    pub fn save_leases(&self) {
+        let snapshot = self.leases().take_snapshot();
+        if let Some(text) = snapshot
+            && let Err(e) = lease::save(&self.config.state_dir, &text)
+        {
+            warn!(error = %e, "cannot save the lease table");
+        }
+    }
+}
+
+/// The lease table kept in `dir`; an unreadable one is named and set
+/// aside (clients then get new addresses), never fatal.
+pub fn restore_leases(dir: &std::path::Path, pool: Pool) -> Leases {
+    let mut leases = Leases::new(pool);
+    match lease::load(dir) {
+        Ok(None) => {}
+        Ok(Some(text)) => match leases.restore(&text) {
+            Ok(n) => info!(leases = n, state_dir = %dir.display(), "lease table restored"),
+            Err(why) => warn!(
+                file = %dir.join(lease::LEASE_FILE).display(), %why,
+                "not a lease table: clients get new addresses"
+            ),
+        },
+        Err(e) => warn!(error = %e, "cannot read the lease table: clients get new addresses"),
+    }
+    leases
+}

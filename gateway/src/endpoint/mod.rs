@@ -1,0 +1,226 @@
+//! The endpoint core: the pool, the compiled policy, the session registry,
+//! the connection log, metrics and drop counters, revocation. Wire
+//! protocols plug into it through their shells (`outside`): they admit a
+//! client, register a [`session::Session`] with a [`session::Link`], hand
+//! each packet from the client to [`Endpoint::forward`], and the core hands
+//! packets for the client to the session's link ([`Endpoint::deliver`]).
+//! The core does no I/O of its own but the log files: the tun device is
+//! behind [`Inside`].
+
+pub mod admission;
+pub mod connlog;
+pub mod forward;
+pub mod handshakes;
+pub mod lease;
+pub mod metrics;
+pub mod pool;
+pub mod registry;
+pub mod session;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use cvpn_proto::text::untrusted;
+use ipnet::Ipv4Net;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::policy::Policy;
+use crate::tls;
+use connlog::{ConnLog, Event, Record};
+use handshakes::{FailureTally, SourceRate};
+use lease::Leases;
+use metrics::{Drops, Tally};
+use registry::Registry;
+
+/// Handshakes in progress at once, endpoint-wide: each may buffer up to
+/// the handshake buffer's cap for up to the handshake timeout.
+pub const MAX_HANDSHAKES_IN_PROGRESS: usize = 1024;
+/// How often failed attempts without a certificate are logged, per source.
+pub const FAILURE_INTERVAL: Duration = Duration::from_secs(10);
+/// The tunnel's MTU, pushed to every client.
+pub const TUNNEL_MTU: u16 = 1500;
+/// How often each side sends a keepalive on an idle session.
+pub const KEEPALIVE: Duration = Duration::from_secs(10);
+/// A client silent for this long is gone (it sends keepalives every
+/// KEEPALIVE).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// The inside of the endpoint: the tun device toward the target networks.
+pub trait Inside: Send + Sync {
+    /// Writes one packet (virtio-net header and IPv4 packet) toward the
+    /// target networks; the kernel forwards it before the call returns.
+    fn write(&self, packet: &[u8]) -> std::io::Result<usize>;
+
+    /// Called after a burst of writes: hands packets for clients that the
+    /// kernel has already queued (a nearby host's reply) to `deliver`
+    /// without waiting for the reader. May do nothing.
+    fn take_replies(&self, deliver: &mut dyn FnMut(&[u8]));
+}
+
+/// What every client is told when its session starts, whatever its
+/// protocol: its address and the routes, DNS and timers of the endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Push {
+    /// The client's address.
+    pub address: Ipv4Addr,
+    /// The client CIDR's prefix length.
+    pub prefix_len: u8,
+    /// The gateway's own address in the client CIDR.
+    pub gateway: Ipv4Addr,
+    /// Route-table destinations (split tunnel); empty in full tunnel.
+    pub routes: Vec<Ipv4Net>,
+    /// Send everything through the tunnel.
+    pub full_tunnel: bool,
+    /// DNS servers (at most two).
+    pub dns_servers: Vec<Ipv4Addr>,
+    /// The tunnel's MTU.
+    pub mtu: u16,
+    /// Shown to the user after connecting.
+    pub banner: Option<String>,
+    /// How often each side sends a keepalive.
+    pub keepalive: Duration,
+    /// When the session ends at the latest.
+    pub session_timeout: Duration,
+}
+
+/// The endpoint: one per `cvpn-gw serve`.
+pub struct Endpoint {
+    /// The configuration it was started with.
+    pub config: Config,
+    /// The compiled route table and authorization rules.
+    pub policy: ArcSwap<Policy>,
+    /// The TLS server side, replaced when the CRL changes.
+    pub tls: ArcSwap<tls::Acceptor>,
+    /// Live sessions.
+    pub sessions: Registry,
+    /// New handshakes per source address (bounded rate).
+    pub source_rate: Mutex<SourceRate>,
+    /// Handshakes in progress (bounded).
+    pub handshakes: Arc<tokio::sync::Semaphore>,
+    /// Packets not forwarded, by reason.
+    pub drops: Drops,
+    /// Connection attempts and ended sessions' traffic.
+    pub tally: Tally,
+    /// The gateway's own address in the client CIDR.
+    pub gateway_addr: Ipv4Addr,
+    leases: Mutex<Leases>,
+    admission: tokio::sync::Mutex<()>,
+    failures: Mutex<FailureTally>,
+    connlog: Option<ConnLog>,
+    inside: Box<dyn Inside>,
+}
+
+impl Endpoint {
+    /// The endpoint with `config`'s compiled `policy`, its TLS side,
+    /// the lease table (restored or new), the open connection log and
+    /// the inside it forwards to.
+    pub fn new(
+        config: Config,
+        policy: Policy,
+        acceptor: tls::Acceptor,
+        leases: Leases,
+        connlog: Option<ConnLog>,
+        inside: Box<dyn Inside>,
+    ) -> Endpoint {
+        Endpoint {
+            policy: ArcSwap::from_pointee(policy),
+            tls: ArcSwap::from_pointee(acceptor),
+            sessions: Registry::default(),
+            source_rate: Mutex::new(SourceRate::new(config.handshake_rate_per_source)),
+            handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES_IN_PROGRESS)),
+            drops: Drops::default(),
+            tally: Tally::default(),
+            gateway_addr: leases.gateway_address(),
+            leases: Mutex::new(leases),
+            admission: tokio::sync::Mutex::new(()),
+            failures: Mutex::new(FailureTally::default()),
+            connlog,
+            inside,
+            config,
+        }
+    }
+
+    /// What a client at `address` is told.
+    pub fn push_for(&self, address: Ipv4Addr) -> Push {
+        let c = &self.config;
+        Push {
+            address,
+            prefix_len: c.client_cidr.prefix_len(),
+            gateway: self.gateway_addr,
+            routes: if c.split_tunnel {
+                c.routes.iter().map(|r| r.destination).collect()
+            } else {
+                Vec::new()
+            },
+            full_tunnel: !c.split_tunnel,
+            dns_servers: c.dns_servers.clone(),
+            mtu: TUNNEL_MTU,
+            banner: c.banner.clone(),
+            keepalive: KEEPALIVE,
+            session_timeout: c.session_timeout,
+        }
+    }
+
+    /// Writes a record to the connection log and counts it.
+    pub fn log(&self, record: &Record) {
+        self.tally.count(&record.event);
+        if let Some(l) = &self.connlog {
+            l.write(record);
+        }
+    }
+
+    /// Logs a refused attempt of a client that presented a certificate.
+    pub fn log_refused(&self, record: &Record) {
+        if let Event::Failed { reason } = &record.event {
+            let cn = record.common_name.as_deref().unwrap_or("NA");
+            warn!(device_ip = %record.device, common_name = %untrusted(cn),
+                  reason = %untrusted(reason), "connection refused");
+        }
+        self.log(record);
+    }
+
+    /// Counts a failed attempt that presented no certificate; it is
+    /// logged with the others from its source at the next flush.
+    pub fn failed_without_certificate(&self, device: SocketAddr, reason: &str) {
+        self.tally.count_failed();
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).add(
+            device,
+            reason,
+            time::OffsetDateTime::now_utc(),
+        );
+    }
+
+    /// Logs the failed attempts counted since the last flush.
+    pub fn flush_failures(&self) {
+        let records = self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(FAILURE_INTERVAL.as_secs());
+        for r in records {
+            if let Event::Failed { reason } = &r.event {
+                warn!(device_ip = %r.device.ip(), reason = %untrusted(reason), "connection attempts refused");
+            }
+            if let Some(l) = &self.connlog {
+                l.write(&r);
+            }
+        }
+    }
+
+    /// Ends the sessions of certificates whose serial `revoked` lists.
+    pub fn end_revoked(&self, revoked: &[String]) -> usize {
+        let mut n = 0;
+        for s in self.sessions.all() {
+            if revoked.contains(&s.serial) {
+                info!(connection_id = %s.connection_id, common_name = %untrusted(&s.common_name),
+                      "certificate revoked: ending session");
+                s.terminate("certificate revoked");
+                n += 1;
+            }
+        }
+        n
+    }
+}
