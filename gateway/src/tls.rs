@@ -132,6 +132,17 @@ impl Acceptor {
         config.send_tls13_tickets = 0;
         Ok((Arc::new(config), slot))
     }
+
+    /// The same for an OpenVPN client: its TLS runs inside the control
+    /// channel and names no ALPN protocol; data keys come from the TLS
+    /// exporter, so no secret leaves rustls.
+    pub fn for_openvpn(&self) -> Result<(Arc<ServerConfig>, PresentedSlot), TlsError> {
+        let (config, slot) = self.for_connection()?;
+        let mut config = Arc::unwrap_or_clone(config);
+        config.alpn_protocols.clear();
+        config.enable_secret_extraction = false;
+        Ok((Arc::new(config), slot))
+    }
 }
 
 /// The CA and CRL checks of webpki, plus what webpki lets pass: a client

@@ -9,6 +9,8 @@
 //! runtime, so a packet wakes exactly that thread (no event dispatch, no
 //! task hand-off).
 
+pub mod segment;
+
 use std::sync::Arc;
 
 use anyhow::{Context, Result};

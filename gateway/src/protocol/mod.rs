@@ -3,3 +3,4 @@
 //! for the inside out. The shells in `outside` do the I/O.
 
 pub mod cvpn;
+pub mod openvpn;
