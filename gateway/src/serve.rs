@@ -154,6 +154,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let out = Outside {
         ep: ep.clone(),
         udp: udp.clone(),
+        openvpn: Default::default(),
     };
     let control = control::listen(ep.clone()).await?;
     let metrics = match ep.config.metrics_listen {

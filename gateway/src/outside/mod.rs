@@ -1,6 +1,7 @@
 //! The outside of the endpoint: the TCP listener and the UDP socket, and
 //! the shells that drive each protocol's session over them.
 
+pub mod openvpn;
 pub mod stream;
 pub mod tcp;
 pub mod udp;
@@ -17,4 +18,6 @@ pub struct Outside {
     pub ep: Arc<Endpoint>,
     /// The UDP socket and who is on it.
     pub udp: Option<Arc<udp::Udp>>,
+    /// The OpenVPN clients.
+    pub openvpn: Arc<openvpn::Clients>,
 }

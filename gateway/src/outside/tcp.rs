@@ -48,7 +48,30 @@ pub async fn accept_loop(out: Outside, listener: TcpListener) -> Result<()> {
             ep.failed_without_certificate(peer, "too many handshakes in progress");
             continue;
         };
-        tokio::spawn(handle_connection(out.clone(), tcp, peer, permit));
+        tokio::spawn(demultiplex(out.clone(), tcp, peer, permit));
+    }
+}
+
+/// A TLS record starts with this byte (handshake); an OpenVPN packet on
+/// TCP with the high byte of its length, which is 0 for a reset.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// Tells cvpn/1 (TLS from the first byte) from OpenVPN (a 2-byte length,
+/// then the reset) and hands the connection to its shell.
+async fn demultiplex(out: Outside, tcp: TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit) {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => handle_connection(out, tcp, peer, permit).await,
+        Ok(Ok(1)) => {
+            let _ = tcp.set_nodelay(true);
+            super::openvpn::tcp::serve(out, tcp, peer, permit).await
+        }
+        Ok(_) => out
+            .ep
+            .failed_without_certificate(peer, "connection closed before any byte"),
+        Err(_) => out
+            .ep
+            .failed_without_certificate(peer, "no byte within the handshake timeout"),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::ops::Range;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::data::{DataError, OCC_EXIT, OCC_MAGIC, Opener, PING, Sealer};
 use super::keys::{Cipher, ServerKeys};
@@ -29,7 +30,8 @@ struct Send {
 
 /// The keys of one client's data channel.
 pub struct DataChannel {
-    peer_id: Option<u32>,
+    peer_id: u32,
+    data_v2: AtomicBool,
     open: Mutex<[Option<Opener>; 8]>,
     send: Mutex<Send>,
 }
@@ -40,10 +42,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl DataChannel {
-    /// A channel without keys; DATA_V2 toward the client with `peer_id`.
-    pub fn new(peer_id: Option<u32>) -> DataChannel {
+    /// A channel without keys; DATA_V2 toward the client with `peer_id`
+    /// unless `use_data_v2` says otherwise.
+    pub fn new(peer_id: u32) -> DataChannel {
         DataChannel {
             peer_id,
+            data_v2: AtomicBool::new(true),
             open: Mutex::new(Default::default()),
             send: Mutex::new(Send {
                 current: None,
@@ -52,13 +56,19 @@ impl DataChannel {
         }
     }
 
+    /// Whether the client takes DATA_V2 (else DATA_V1); before the first
+    /// `install`.
+    pub fn use_data_v2(&self, yes: bool) {
+        self.data_v2.store(yes, Ordering::Relaxed);
+    }
+
     /// Installs a key id's keys: packets with it open at once; sealing
     /// moves to it on `activate`.
     pub fn install(&self, key_id: u8, cipher: Cipher, keys: &ServerKeys) {
         let k = usize::from(key_id & 7);
         lock(&self.open)[k] = Some(Opener::new(cipher, &keys.decrypt));
-        lock(&self.send).pending[k] =
-            Some(Sealer::new(cipher, &keys.encrypt, key_id, self.peer_id));
+        let peer_id = self.data_v2.load(Ordering::Relaxed).then_some(self.peer_id);
+        lock(&self.send).pending[k] = Some(Sealer::new(cipher, &keys.encrypt, key_id, peer_id));
     }
 
     /// Seals with `key_id` from now on.
@@ -133,7 +143,7 @@ mod tests {
     fn keys_rotate_with_a_transition() {
         let b0 = [1u8; KEY_BLOCK_LEN];
         let b1 = [2u8; KEY_BLOCK_LEN];
-        let ch = DataChannel::new(Some(5));
+        let ch = DataChannel::new(5);
         let mut out = [0u8; 256];
         // No key yet: nothing is sealed.
         assert!(ch.seal(b"x", &mut out).is_err());

@@ -367,9 +367,14 @@ impl Control {
         else {
             return Err("no control channel yet".into());
         };
-        let mut w = key.tls.writer();
-        w.write_all(text.as_bytes())
-            .and_then(|()| w.write_all(&[0]))
+        // One write, one TLS record: OpenVPN reads a message per record
+        // and drops one without its NUL.
+        let mut msg = Vec::with_capacity(text.len() + 1);
+        msg.extend_from_slice(text.as_bytes());
+        msg.push(0);
+        key.tls
+            .writer()
+            .write_all(&msg)
             .map_err(|e| e.to_string())?;
         flush_tls(key)
     }

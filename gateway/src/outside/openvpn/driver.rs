@@ -1,0 +1,326 @@
+//! The driver of one OpenVPN client: runs its control channel (packets
+//! from the shell in, packets to its wire out, timers), admits it into
+//! the endpoint once authenticated, pushes its configuration, installs
+//! its data keys, pings it, and ends its session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cvpn_proto::text::untrusted;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::{Instant, sleep_until};
+use tracing::info;
+
+use super::{Client, OpenVpnLink};
+use crate::endpoint::connlog::{Event as LogEvent, Record, new_connection_id};
+use crate::endpoint::session::{Identity, NewSession, Protocol, Session};
+use crate::endpoint::{Endpoint, IDLE_TIMEOUT, KEEPALIVE};
+use crate::protocol::openvpn::control::{Control, Event, TlsFactory};
+use crate::protocol::openvpn::data::PING;
+use crate::protocol::openvpn::keys::iv_proto;
+use crate::protocol::openvpn::packet::ControlPacket;
+use crate::protocol::openvpn::push::{self, Negotiated};
+
+/// A client must be authenticated within this.
+pub const AUTH_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a leaving session waits for its last message to be taken.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// The TLS configurations of a client's key ids: the endpoint's current.
+pub fn tls_factory(ep: &Arc<Endpoint>) -> TlsFactory {
+    let ep = ep.clone();
+    Box::new(move || ep.tls.load().for_openvpn().map_err(|e| e.to_string()))
+}
+
+/// Where a client came from and when.
+pub struct Start {
+    /// Its address and port.
+    pub device: SocketAddr,
+    /// When its first packet came.
+    pub started: time::OffsetDateTime,
+    /// Over UDP (else TCP).
+    pub udp: bool,
+    /// Its slot among the handshakes in progress, until authenticated.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Drives a client until its session ends; returns why.
+pub async fn drive(
+    ep: Arc<Endpoint>,
+    client: Arc<Client>,
+    mut control: Control,
+    mut inbound: mpsc::Receiver<Vec<u8>>,
+    mut start: Start,
+) {
+    let auth_deadline = Instant::now() + AUTH_TIMEOUT;
+    let mut run = Run {
+        ep: &ep,
+        client: &client,
+        negotiated: None,
+        last_ping: Instant::now(),
+    };
+    let reason = loop {
+        flush(&mut control, &client);
+        let session = client.session.get().cloned();
+        let now = Instant::now();
+        let tick = control
+            .next_timeout()
+            .map(Instant::from_std)
+            .unwrap_or(now + KEEPALIVE)
+            .min(now + Duration::from_secs(1));
+        let deadline = match &session {
+            Some(s) => session_deadline(&ep, s),
+            None => auth_deadline,
+        };
+        let ended = async {
+            match &session {
+                Some(s) => s.ended().await,
+                None => std::future::pending().await,
+            }
+        };
+        let step = tokio::select! {
+            m = inbound.recv() => match m {
+                Some(bytes) => match ControlPacket::parse(&bytes) {
+                    Ok(p) => {
+                        let r = control.receive(&p, now.into_std());
+                        if r.is_ok() { client.heard(); }
+                        r
+                    }
+                    Err(_) => Ok(()),
+                },
+                None => Err("client closed the connection".to_string()),
+            },
+            _ = sleep_until(tick) => run.timers(&mut control),
+            r = ended => Err(r),
+            _ = sleep_until(deadline) => Err(match session {
+                Some(_) => "session timeout".to_string(),
+                None => format!("not authenticated within {} s", AUTH_TIMEOUT.as_secs()),
+            }),
+        };
+        if let Err(reason) = step {
+            break reason;
+        }
+        if let Err(reason) = run.events(&mut control, &mut start).await {
+            break reason;
+        }
+    };
+    run.finish(&mut control, &mut inbound, &start, reason).await;
+}
+
+fn session_deadline(ep: &Endpoint, s: &Session) -> Instant {
+    let age = time::OffsetDateTime::now_utc() - s.started;
+    let left = ep
+        .config
+        .session_timeout
+        .saturating_sub(age.try_into().unwrap_or_default());
+    Instant::now() + left
+}
+
+/// Sends what the control channel has due.
+fn flush(control: &mut Control, client: &Client) {
+    let now = std::time::Instant::now();
+    while let Some(p) = control.poll_transmit(now) {
+        client.wire.send(&p);
+    }
+}
+
+struct Run<'a> {
+    ep: &'a Arc<Endpoint>,
+    client: &'a Arc<Client>,
+    negotiated: Option<Negotiated>,
+    last_ping: Instant,
+}
+
+impl Run<'_> {
+    /// Control-channel timers, the keepalive ping, the idle timeout.
+    fn timers(&mut self, control: &mut Control) -> Result<(), String> {
+        control.on_timeout(std::time::Instant::now())?;
+        if self.client.session.get().is_some() {
+            if self.client.last_heard().elapsed() >= IDLE_TIMEOUT {
+                return Err("client silent past the keepalive timeout".into());
+            }
+            if self.last_ping.elapsed() >= KEEPALIVE {
+                self.last_ping = Instant::now();
+                let mut out = [0u8; 64];
+                if let Ok(n) = self.client.data.seal(&PING, &mut out) {
+                    self.client.wire.send(&out[..n]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Acts on what the control channel reported.
+    async fn events(&mut self, control: &mut Control, start: &mut Start) -> Result<(), String> {
+        while let Some(ev) = control.poll_event() {
+            match ev {
+                Event::Authenticated {
+                    identity,
+                    peer_info,
+                    cipher,
+                } => {
+                    start.permit = None;
+                    self.client
+                        .data
+                        .use_data_v2(peer_info.has(iv_proto::DATA_V2));
+                    self.negotiated = Some(Negotiated {
+                        cipher,
+                        tls_ekm: true,
+                        cc_exit: peer_info.has(iv_proto::CC_EXIT_NOTIFY),
+                        peer_id: peer_info
+                            .has(iv_proto::DATA_V2)
+                            .then_some(self.client.peer_id),
+                    });
+                    self.admit(control, start, identity, &peer_info).await?;
+                    if peer_info.has(iv_proto::REQUEST_PUSH) {
+                        self.push(control)?;
+                    }
+                }
+                Event::Keys {
+                    key_id,
+                    cipher,
+                    keys,
+                } => self.client.data.install(key_id, cipher, &keys),
+                Event::Active { key_id } => self.client.data.activate(key_id),
+                Event::Retired { key_id } => self.client.data.retire(key_id),
+                Event::PushRequest => self.push(control)?,
+                Event::Exit => return Err("client disconnected".into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn admit(
+        &mut self,
+        control: &mut Control,
+        start: &Start,
+        identity: cvpn_pki::ClientIdentity,
+        peer_info: &crate::protocol::openvpn::keys::PeerInfo,
+    ) -> Result<(), String> {
+        let ep = self.ep;
+        let admitted = match ep.admit(&identity.common_name).await {
+            Ok(a) => a,
+            Err(why) => {
+                let _ = control.send_message(&format!("AUTH_FAILED,{why}"));
+                flush(control, self.client);
+                ep.log_refused(&failure(start, Some(identity.common_name), &why));
+                return Err(format!("refused: {why}"));
+            }
+        };
+        let session = Arc::new(Session::new(NewSession {
+            identity: Identity {
+                common_name: identity.common_name.clone(),
+                serial: identity.serial.clone(),
+                groups: ep.policy.load().group_mask(&identity.groups),
+            },
+            address: admitted.address,
+            device: start.device,
+            started: start.started,
+            protocol: Protocol::OpenVpn,
+            udp: start.udp,
+            link: Arc::new(OpenVpnLink {
+                data: self.client.data.clone(),
+                wire: self.client.wire.clone(),
+            }),
+        }));
+        let _ = self.client.session.set(session.clone());
+        ep.start(session.clone(), admitted);
+        let groups: Vec<_> = identity.groups.iter().map(|g| untrusted(g)).collect();
+        let software = peer_info.gui.as_deref().or(peer_info.version.as_deref());
+        info!(
+            connection_id = %session.connection_id, common_name = %untrusted(&session.common_name),
+            groups = ?groups, client_ip = %session.address, device_ip = %start.device,
+            os = %untrusted(peer_info.platform.as_deref().unwrap_or("NA")),
+            software = %untrusted(software.unwrap_or("NA")),
+            protocol = "openvpn", udp = start.udp, "client connected"
+        );
+        Ok(())
+    }
+
+    fn push(&mut self, control: &mut Control) -> Result<(), String> {
+        let (Some(s), Some(n)) = (self.client.session.get(), &self.negotiated) else {
+            return Ok(());
+        };
+        let options = push::options(&self.ep.push_for(s.address), n, IDLE_TIMEOUT);
+        for m in push::messages(&options) {
+            control.send_message(&m)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the client why it must go (when it did not leave itself),
+    /// gives the message a moment, and logs the end.
+    async fn finish(
+        &mut self,
+        control: &mut Control,
+        inbound: &mut mpsc::Receiver<Vec<u8>>,
+        start: &Start,
+        reason: String,
+    ) {
+        let ep = self.ep;
+        let Some(session) = self.client.session.get().cloned() else {
+            if reason.starts_with("refused: ") {
+                return;
+            }
+            match control.presented() {
+                Some(p) => ep.log_refused(&failure(start, p.common_name, &reason)),
+                None => ep.failed_without_certificate(start.device, &reason),
+            }
+            flush(control, self.client);
+            return;
+        };
+        if let Some(signal) = signal_for(&reason) {
+            let _ = control.send_message(&format!("{signal},{reason}"));
+            let until = Instant::now() + LINGER;
+            loop {
+                flush(control, self.client);
+                tokio::select! {
+                    m = inbound.recv() => match m.map(|b| ControlPacket::parse(&b).map(|p| {
+                        let _ = control.receive(&p, std::time::Instant::now());
+                    })) {
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = sleep_until(until) => break,
+                }
+            }
+        }
+        ep.end(&session);
+        info!(connection_id = %session.connection_id, common_name = %untrusted(&session.common_name),
+              reason = %untrusted(&reason), "session ended");
+        ep.log(&session.record(LogEvent::Ended {
+            end: time::OffsetDateTime::now_utc(),
+            reason,
+            traffic: session.traffic(),
+        }));
+    }
+}
+
+/// What the client is told when the endpoint ends its session: HALT
+/// (stop) where reconnecting would only be refused or fight another
+/// session, RESTART (reconnect) otherwise; nothing if it left itself.
+fn signal_for(reason: &str) -> Option<&'static str> {
+    match reason {
+        "client disconnected" | "client closed the connection" => None,
+        "client silent past the keepalive timeout" => None,
+        "terminated by the administrator"
+        | "certificate revoked"
+        | "replaced by a new session of the same identity" => Some("HALT"),
+        _ => Some("RESTART"),
+    }
+}
+
+fn failure(start: &Start, common_name: Option<String>, reason: &str) -> Record {
+    Record {
+        connection_id: new_connection_id(),
+        common_name,
+        client_ip: None,
+        device: start.device,
+        udp: start.udp,
+        start: start.started,
+        event: LogEvent::Failed {
+            reason: reason.to_string(),
+        },
+    }
+}

@@ -1,0 +1,183 @@
+//! The shells of OpenVPN clients: what each client's driver task and the
+//! path of its data packets share, the endpoint session's link toward
+//! it, and the registry of clients (peer ids, and UDP source addresses).
+//! The TCP and UDP specifics are in tcp.rs and udp.rs; the driver of a
+//! client's control channel in driver.rs.
+
+pub mod driver;
+pub mod tcp;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use cvpn_proto::VNET_HDR_LEN;
+use tracing::debug;
+
+use crate::endpoint::Endpoint;
+use crate::endpoint::forward::Reply;
+use crate::endpoint::session::{Link, Session};
+use crate::inside::segment::plain_packets;
+use crate::protocol::openvpn::channel::{DataChannel, Opened};
+use crate::protocol::openvpn::data::OVERHEAD;
+
+/// Where a client's OpenVPN packets go: its TCP stream or its UDP address.
+pub trait Wire: Send + Sync {
+    /// Sends one OpenVPN packet; false if it was dropped.
+    fn send(&self, packet: &[u8]) -> bool;
+}
+
+/// What the shells know of one OpenVPN client.
+pub struct Client {
+    /// Its peer id (DATA_V2).
+    pub peer_id: u32,
+    /// Its data-channel keys.
+    pub data: Arc<DataChannel>,
+    /// Its packets' way out.
+    pub wire: Arc<dyn Wire>,
+    /// The endpoint session, once admitted.
+    pub session: OnceLock<Arc<Session>>,
+    base: Instant,
+    last_heard_ms: AtomicU64,
+}
+
+impl Client {
+    /// A client not yet admitted.
+    pub fn new(peer_id: u32, wire: Arc<dyn Wire>) -> Client {
+        Client {
+            peer_id,
+            data: Arc::new(DataChannel::new(peer_id)),
+            wire,
+            session: OnceLock::new(),
+            base: Instant::now(),
+            last_heard_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes that an authentic packet came from the client.
+    pub fn heard(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When an authentic packet last came from the client.
+    pub fn last_heard(&self) -> Instant {
+        self.base + std::time::Duration::from_millis(self.last_heard_ms.load(Ordering::Relaxed))
+    }
+
+    /// One data packet from the client, opened in place and handed to
+    /// the endpoint's policy. True if it was authentic.
+    pub fn receive_data(&self, ep: &Endpoint, packet: &mut [u8], reply: &mut Reply) -> Exit {
+        let Some(session) = self.session.get() else {
+            return Exit::No;
+        };
+        match self.data.open(packet) {
+            Ok(Opened::Packet(range)) => {
+                self.heard();
+                // The tag and packet id before the payload are spent: the
+                // virtio-net header the endpoint takes goes there.
+                let start = range.start - VNET_HDR_LEN;
+                packet[start..range.start].fill(0);
+                let policy = ep.policy.load();
+                ep.forward(session, &policy, &packet[start..range.end], reply);
+                Exit::No
+            }
+            Ok(Opened::Ping) | Ok(Opened::Occ) => {
+                self.heard();
+                Exit::No
+            }
+            Ok(Opened::Exit) => {
+                session.terminate("client disconnected");
+                Exit::Yes
+            }
+            Err(e) => {
+                debug!(connection_id = %session.connection_id, error = %e, "OpenVPN data packet dropped");
+                ep.drops.malformed.fetch_add(1, Ordering::Relaxed);
+                Exit::No
+            }
+        }
+    }
+}
+
+/// Whether a data packet announced the client's exit.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// It did.
+    Yes,
+    /// It did not.
+    No,
+}
+
+thread_local! {
+    /// A segment and its sealed packet: one pair per thread, none per packet.
+    static SEAL_BUFS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// An OpenVPN session's way toward its client: offload trains are cut
+/// into plain packets, each sealed with the current key and sent.
+pub struct OpenVpnLink {
+    /// The client's keys.
+    pub data: Arc<DataChannel>,
+    /// Its packets' way out.
+    pub wire: Arc<dyn Wire>,
+}
+
+impl Link for OpenVpnLink {
+    fn send(&self, frame: &[u8]) -> bool {
+        SEAL_BUFS.with_borrow_mut(|(scratch, out)| {
+            let mut sent = true;
+            let ok = plain_packets(frame, scratch, |p| {
+                out.resize(p.len() + OVERHEAD, 0);
+                sent &= match self.data.seal(p, out) {
+                    Ok(n) => self.wire.send(&out[..n]),
+                    Err(_) => false,
+                };
+            });
+            ok && sent
+        })
+    }
+}
+
+/// Peer ids are 24 bits.
+const PEER_IDS: u32 = 1 << 24;
+
+/// The OpenVPN clients of the endpoint, by peer id.
+#[derive(Default)]
+pub struct Clients {
+    next_peer_id: AtomicU32,
+    by_peer_id: Mutex<HashMap<u32, Arc<Client>>>,
+}
+
+impl Clients {
+    /// Registers a client made by `make` with a peer id no other client
+    /// has; None if all are taken.
+    pub fn add(&self, make: impl FnOnce(u32) -> Client) -> Option<Arc<Client>> {
+        let mut map = self.by_peer_id.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() as u32 >= PEER_IDS {
+            return None;
+        }
+        let id = loop {
+            let id = self.next_peer_id.fetch_add(1, Ordering::Relaxed) % PEER_IDS;
+            if !map.contains_key(&id) {
+                break id;
+            }
+        };
+        let c = Arc::new(make(id));
+        map.insert(id, c.clone());
+        Some(c)
+    }
+
+    /// The client with `peer_id`.
+    pub fn get(&self, peer_id: u32) -> Option<Arc<Client>> {
+        let map = self.by_peer_id.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&peer_id).cloned()
+    }
+
+    /// Forgets a client.
+    pub fn remove(&self, peer_id: u32) {
+        let mut map = self.by_peer_id.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&peer_id);
+    }
+}
