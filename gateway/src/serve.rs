@@ -17,6 +17,8 @@ use crate::endpoint::pool::Pool;
 use crate::endpoint::{Endpoint, TUNNEL_MTU};
 use crate::inside::{self, Tun};
 use crate::netsetup::{self, nft};
+use crate::outside::openvpn::Clients;
+use crate::outside::openvpn::udp::UdpServer;
 use crate::outside::udp::{self, Datagrams, Udp};
 use crate::outside::{Outside, tcp};
 use crate::policy::Policy;
@@ -145,16 +147,29 @@ pub async fn serve(config: Config) -> Result<()> {
         connlog,
         Box::new(inside::Device(tun.clone())),
     ));
-    let udp = udp.map(|socket| {
-        Arc::new(Udp {
-            socket: Arc::new(socket),
-            cvpn: Datagrams::default(),
-        })
-    });
+    let openvpn = Arc::new(Clients::default());
+    let udp = match udp {
+        Some(socket) => {
+            let socket = Arc::new(socket);
+            let server = UdpServer::new(
+                ep.clone(),
+                openvpn.clone(),
+                socket.clone(),
+                tokio::runtime::Handle::current(),
+            )
+            .context("no system randomness for the OpenVPN cookie key")?;
+            Some(Arc::new(Udp {
+                socket,
+                cvpn: Datagrams::default(),
+                openvpn: Arc::new(server),
+            }))
+        }
+        None => None,
+    };
     let out = Outside {
         ep: ep.clone(),
         udp: udp.clone(),
-        openvpn: Default::default(),
+        openvpn,
     };
     let control = control::listen(ep.clone()).await?;
     let metrics = match ep.config.metrics_listen {

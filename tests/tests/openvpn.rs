@@ -90,3 +90,50 @@ fn openvpn_over_tcp_gets_an_address_routes_and_the_target() {
     );
     client.stop();
 }
+
+#[test]
+fn openvpn_over_udp_full_tunnel() {
+    let tb = Testbed::new("ovpn-udp", 1);
+    let config = tb.write_config(
+        "transport_protocol = \"udp\"\nsplit_tunnel = false",
+        ALL_USERS,
+    );
+    let gw = tb.start_gateway(&config);
+    let profile = tb.client_profile("bob", &[], 0);
+    assert!(
+        std::fs::read_to_string(&profile)
+            .unwrap()
+            .contains("proto udp")
+    );
+    let c = &tb.clients[0];
+    let mut client = openvpn(&tb, &gw, 0, &profile, &[]);
+    let addr = address_of(c, "tun0");
+    assert!(addr.starts_with("10.250.0."), "{addr}");
+    // Full tunnel: the default goes through the tunnel (def1), the
+    // gateway itself around it.
+    let routes = routes_via(c, "tun0");
+    assert_eq!(
+        routes,
+        [
+            "0.0.0.0/1 via 10.250.0.1 dev tun0",
+            "128.0.0.0/1 via 10.250.0.1 dev tun0"
+        ],
+        "{routes:?}"
+    );
+    sh_ok(c, &format!("ping -c 2 -W 3 {TARGET}"));
+    let (fetched, seen) = tb.transfer(c, 5001, 3, false);
+    assert!(fetched.contains("ok 20000000 bytes"), "{fetched}");
+    assert!(
+        seen.contains(&format!("peer={ENI}\n")),
+        "target saw: {seen}"
+    );
+    let (pushed, checked) = tb.transfer(c, 5002, 4, true);
+    assert!(pushed.contains("sent 20000000 bytes"), "{pushed}");
+    assert!(
+        checked.contains("ok 20000000 bytes"),
+        "target saw: {checked}"
+    );
+    let v = tb.connections();
+    assert_eq!(v["connections"][0]["transport-protocol"], "udp", "{v}");
+    client.stop();
+}

@@ -151,6 +151,14 @@ pub struct Udp {
     pub socket: Arc<UdpSocket>,
     /// cvpn/1 datagram channels.
     pub cvpn: Datagrams,
+    /// OpenVPN clients over UDP.
+    pub openvpn: Arc<super::openvpn::udp::UdpServer>,
+}
+
+/// cvpn/1 datagrams start with their kind (1 or 2); every OpenVPN packet
+/// with an opcode of at least 1, so a first byte of 8 or more.
+fn is_openvpn(dgram: &[u8]) -> bool {
+    dgram.first().is_some_and(|&b| b >= 8)
 }
 
 impl Udp {
@@ -165,6 +173,9 @@ impl Udp {
         local: Option<Ipv4Addr>,
         reply: &mut Reply,
     ) {
+        if is_openvpn(dgram) {
+            return self.openvpn.receive(dgram, from, local, reply);
+        }
         let Some((path, s)) = datagram::session_of(dgram).and_then(|id| self.cvpn.get(id)) else {
             ep.drops.no_session.fetch_add(1, Ordering::Relaxed);
             return;

@@ -6,6 +6,7 @@
 
 pub mod driver;
 pub mod tcp;
+pub mod udp;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -68,10 +69,10 @@ impl Client {
     }
 
     /// One data packet from the client, opened in place and handed to
-    /// the endpoint's policy. True if it was authentic.
-    pub fn receive_data(&self, ep: &Endpoint, packet: &mut [u8], reply: &mut Reply) -> Exit {
+    /// the endpoint's policy.
+    pub fn receive_data(&self, ep: &Endpoint, packet: &mut [u8], reply: &mut Reply) -> Received {
         let Some(session) = self.session.get() else {
-            return Exit::No;
+            return Received::Dropped;
         };
         match self.data.open(packet) {
             Ok(Opened::Packet(range)) => {
@@ -82,32 +83,41 @@ impl Client {
                 packet[start..range.start].fill(0);
                 let policy = ep.policy.load();
                 ep.forward(session, &policy, &packet[start..range.end], reply);
-                Exit::No
+                Received::Authentic
             }
             Ok(Opened::Ping) | Ok(Opened::Occ) => {
                 self.heard();
-                Exit::No
+                Received::Authentic
             }
             Ok(Opened::Exit) => {
                 session.terminate("client disconnected");
-                Exit::Yes
+                Received::Exit
             }
             Err(e) => {
                 debug!(connection_id = %session.connection_id, error = %e, "OpenVPN data packet dropped");
                 ep.drops.malformed.fetch_add(1, Ordering::Relaxed);
-                Exit::No
+                Received::Dropped
             }
         }
     }
 }
 
-/// Whether a data packet announced the client's exit.
+/// What became of a data packet from a client.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Exit {
-    /// It did.
-    Yes,
-    /// It did not.
-    No,
+pub enum Received {
+    /// Authentic: forwarded, or a keepalive.
+    Authentic,
+    /// Authentic: the client's explicit exit.
+    Exit,
+    /// Not authentic, replayed, or before the session: dropped.
+    Dropped,
+}
+
+impl Received {
+    /// The packet came from the client.
+    pub fn authentic(&self) -> bool {
+        *self != Received::Dropped
+    }
 }
 
 thread_local! {

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 
 use super::driver::{self, Start, tls_factory};
-use super::{Client, Exit, Wire};
+use super::{Client, Received, Wire};
 use crate::endpoint::Endpoint;
 use crate::endpoint::forward::reply_buffer;
 use crate::outside::Outside;
@@ -175,7 +175,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if packet::is_data(opcode) {
             let exit = client.receive_data(&ep, frame, &mut reply);
             ep.after_forwarding();
-            if exit == Exit::Yes {
+            if exit == Received::Exit {
                 return;
             }
         } else if tx.send(frame.to_vec()).await.is_err() {
