@@ -137,3 +137,178 @@ fn openvpn_over_udp_full_tunnel() {
     assert_eq!(v["connections"][0]["transport-protocol"], "udp", "{v}");
     client.stop();
 }
+
+/// Pings once; returns (answered, output).
+fn ping(ns: &str, dst: &str) -> (bool, String) {
+    let out = cvpn_e2e::netns::sh(ns, &format!("ping -n -c 1 -W 5 {dst} 2>&1"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Refused at once with ICMP administratively prohibited from the
+/// gateway, as a cvpn-client is.
+fn denied(ns: &str, dst: &str) {
+    let (ok, out) = ping(ns, dst);
+    assert!(
+        !ok && out.contains("From 10.250.0.1") && out.contains("Packet filtered"),
+        "{ns} -> {dst} should be denied: {out}"
+    );
+}
+
+const GROUPS_AND_LOCAL: &str = r#"
+[[routes]]
+destination = "10.250.0.0/22"
+target = "local"
+
+[[authorization_rules]]
+destination = "192.168.1.0/24"
+access_group = "eng"
+
+[[authorization_rules]]
+destination = "10.250.0.0/22"
+"#;
+
+#[test]
+fn openvpn_and_cvpn_clients_share_the_pool_the_policy_and_each_other() {
+    let tb = Testbed::new("ovpn-mix", 2);
+    let config = tb.write_config("", GROUPS_AND_LOCAL);
+    let gw = tb.start_gateway(&config);
+    let alice = tb.client_profile("alice", &["eng"], 0);
+    let bob = tb.client_profile("bob", &[], 1);
+    let _ovpn = openvpn(&tb, &gw, 0, &alice, &[]);
+    let _cvpn = tb.connect(1, &bob);
+    let (a, b) = (&tb.clients[0], &tb.clients[1]);
+    let addrs = tb.addresses();
+    let (alice_ip, bob_ip) = (&addrs["alice"], &addrs["bob"]);
+    assert_ne!(alice_ip, bob_ip);
+    assert_eq!(address_of(a, "tun0"), format!("{alice_ip}/22"));
+
+    // By group: eng reaches the target, bob does not; nobody reaches the
+    // routed network without a rule. Both kinds are refused alike.
+    assert!(ping(a, TARGET).0, "{}", ping(a, TARGET).1);
+    denied(b, TARGET);
+    denied(a, cvpn_e2e::testbed::PEERED);
+
+    // Client to client, through the gateway process, both ways.
+    assert!(ping(a, bob_ip).0, "{}", ping(a, bob_ip).1);
+    assert!(ping(b, alice_ip).0, "{}", ping(b, alice_ip).1);
+
+    let v = tb.connections();
+    let mut kinds: Vec<_> = v["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["protocol"].as_str().unwrap().to_string())
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["cvpn", "openvpn"], "{v}");
+}
+
+fn connection_log(tb: &Testbed) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(tb.connection_log())
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+#[test]
+fn revoking_or_terminating_an_openvpn_client_ends_it() {
+    let tb = Testbed::new("ovpn-revoke", 2);
+    let config = tb.write_config("transport_protocol = \"udp\"", ALL_USERS);
+    let mut gw = tb.start_gateway(&config);
+    let carol = tb.client_profile("carol", &[], 0);
+    let mut client = openvpn(&tb, &gw, 0, &carol, &[]);
+    let t0 = std::time::Instant::now();
+    tb.pki.ok(&["revoke", "carol"]);
+    gw.wait_for("certificate revoked: ending session", 5);
+    assert!(client.wait(5).is_some(), "{}", client.output());
+    // The CRL is looked at every 0.5 s: within 2 s of the revocation.
+    assert!(t0.elapsed().as_secs_f64() < 2.5, "{:?}", t0.elapsed());
+    assert!(
+        client
+            .output()
+            .contains("Halt command was pushed by server"),
+        "{}",
+        client.output()
+    );
+    assert_eq!(tb.connections()["connections"].as_array().unwrap().len(), 0);
+
+    // Its reconnect is refused, by name.
+    let mut cmd = in_ns(&tb.clients[0], Path::new("openvpn"));
+    cmd.arg("--config")
+        .arg(&carol)
+        .args(["--connect-retry-max", "1"]);
+    let mut again = Proc::spawn("openvpn again", cmd);
+    gw.wait_for("common_name=carol reason=TLS handshake failed", 15);
+    again.stop();
+
+    // terminate ends a client over TCP beside it (the profile says udp;
+    // the same port takes TCP).
+    let dave = tb.client_profile("dave", &[], 1);
+    let mut tcp = openvpn(&tb, &gw, 1, &dave, &["--proto", "tcp-client"]);
+    let out = cvpn_e2e::ok(
+        std::process::Command::new(cvpn_e2e::bin("cvpn-gw"))
+            .args(["terminate", "--cn", "dave", "--control"])
+            .arg(tb.control_socket()),
+    );
+    assert!(out.contains("terminated cvpn-conn-"), "{out}");
+    assert!(tcp.wait(5).is_some(), "{}", tcp.output());
+
+    let log = connection_log(&tb);
+    let of = |cn: &str, kind: &str| {
+        log.iter()
+            .find(|r| r["common-name"] == cn && r["connection-log-type"] == kind)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} of {cn}: {log:?}"))
+    };
+    let started = of("carol", "connection-attempt");
+    assert_eq!(started["transport-protocol"], "udp");
+    assert_eq!(started["connection-attempt-status"], "successful");
+    let ended = of("carol", "connection-reset");
+    assert_eq!(ended["connection-reset-reason"], "certificate revoked");
+    assert_eq!(ended["transport-protocol"], "udp");
+    assert!(
+        log.iter()
+            .any(|r| r["common-name"] == "carol" && r["connection-attempt-status"] == "failed")
+    );
+    let ended = of("dave", "connection-reset");
+    assert_eq!(ended["transport-protocol"], "tcp");
+    assert_eq!(
+        ended["connection-reset-reason"],
+        "terminated by the administrator"
+    );
+    for key in [
+        "ingress-bytes",
+        "egress-packets",
+        "connection-duration-seconds",
+        "client-ip",
+    ] {
+        assert_ne!(ended[key], "NA", "{key}: {ended}");
+    }
+}
+
+#[test]
+fn renegotiations_keep_the_tunnel_up() {
+    let tb = Testbed::new("ovpn-reneg", 1);
+    let config = tb.write_config("transport_protocol = \"udp\"", ALL_USERS);
+    let gw = tb.start_gateway(&config);
+    let profile = tb.client_profile("erin", &[], 0);
+    let c = &tb.clients[0];
+    let mut client = openvpn(&tb, &gw, 0, &profile, &["--reneg-sec", "10", "--verb", "4"]);
+    // 160 pings 0.2 s apart: 32 s, three renegotiations.
+    let out = sh_ok(
+        c,
+        &format!("ping -n -q -c 160 -i 0.2 -W 1 {TARGET} || true"),
+    );
+    let renegotiated = client.output().matches("Control Channel: TLSv1.3").count() - 1;
+    assert!(renegotiated >= 3, "{renegotiated}\n{}", client.output());
+    let received: u32 = out
+        .split(',')
+        .find_map(|p| p.trim().strip_suffix(" received")?.parse().ok())
+        .unwrap_or(0);
+    assert!(received >= 159, "{out}\n{}", client.output());
+    client.stop();
+}

@@ -270,6 +270,8 @@ impl Run<'_> {
             flush(control, self.client);
             return;
         };
+        // Out of the registry first: nothing is sent to it meanwhile.
+        ep.end(&session);
         if let Some(signal) = signal_for(&reason) {
             let _ = control.send_message(&format!("{signal},{reason}"));
             let until = Instant::now() + LINGER;
@@ -286,7 +288,6 @@ impl Run<'_> {
                 }
             }
         }
-        ep.end(&session);
         info!(connection_id = %session.connection_id, common_name = %untrusted(&session.common_name),
               reason = %untrusted(&reason), "session ended");
         ep.log(&session.record(LogEvent::Ended {
