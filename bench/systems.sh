@@ -22,8 +22,9 @@ stop_all() {
 }
 
 # start_system NAME / stop_system NAME: any system by its name in the
-# tables: plain, cvpn, cvpn-udp, openvpn-udp, openvpn-tcp, ocserv-tls,
-# ocserv-dtls; and cvpn-alt / cvpn-udp-alt, cvpn with the cvpn-gw and
+# tables: plain, cvpn, cvpn-udp, cvpn-openvpn-udp, cvpn-openvpn-tcp (the
+# stock openvpn client against cvpn-gw), openvpn-udp, openvpn-tcp,
+# ocserv-tls, ocserv-dtls; and cvpn-alt / cvpn-udp-alt, cvpn with the cvpn-gw and
 # cvpn-client found in $CVPN_ALT_BIN (an A/B of two builds in one run).
 start_system() {
   local own=$BIN rc=0
@@ -36,6 +37,8 @@ start_system() {
     cvpn-udp) CVPN_TRANSPORT=udp start_cvpn ;;
     cvpn-alt) BIN=$CVPN_ALT_BIN; start_cvpn || rc=$? ;;
     cvpn-udp-alt) BIN=$CVPN_ALT_BIN; CVPN_TRANSPORT=udp start_cvpn || rc=$? ;;
+    cvpn-openvpn-udp) start_cvpn_openvpn udp ;;
+    cvpn-openvpn-tcp) start_cvpn_openvpn tcp ;;
     openvpn-udp) start_openvpn udp ;;
     openvpn-tcp) start_openvpn tcp ;;
     ocserv-tls) start_ocserv tls ;;
@@ -108,6 +111,16 @@ start_cvpn() {
   wait_ping 20
 }
 stop_cvpn() { stop_all; }
+
+# The stock openvpn 2.6 client with the exported profile, against cvpn-gw,
+# with the client flags of start_openvpn (AES-256-GCM, no DCO).
+start_cvpn_openvpn() { # start_cvpn_openvpn udp|tcp
+  CVPN_TRANSPORT=$1 cvpn_config
+  start_cvpn_gateway
+  spawn "$WORK/openvpn-client.log" "$NS_C" openvpn --config "$WORK/bench.ovpnx" \
+    --data-ciphers AES-256-GCM --disable-dco --verb 1
+  wait_ping 30 || { tail -5 "$WORK/openvpn-client.log" "$WORK/cvpn-gw.log"; return 1; }
+}
 
 # Milliseconds from starting cvpn-client to the first answered ping (the
 # gateway is already up).

@@ -137,8 +137,11 @@ pub fn parse(
         }
         if let Some(tag) = line.strip_prefix('<').and_then(|l| l.strip_suffix('>')) {
             let Some(slot) = INLINE.iter().position(|t| *t == tag) else {
-                // Unknown inline blocks (tls-auth, ...) are skipped whole.
-                warnings.push(format!("line {n}: unknown block <{tag}> ignored"));
+                // Unknown inline blocks (tls-auth, ...) are skipped whole;
+                // tls-crypt is for OpenVPN clients of the same profile.
+                if tag != "tls-crypt" {
+                    warnings.push(format!("line {n}: unknown block <{tag}> ignored"));
+                }
                 let end = format!("</{tag}>");
                 if !lines.by_ref().any(|(_, l)| l.trim() == end) {
                     return Err(err(n, format!("<{tag}> is never closed with {end}")));
@@ -217,6 +220,15 @@ pub fn parse(
                     port,
                 });
             }
+            "remote-cert-tls" => {
+                // rustls already requires serverAuth of the server.
+                want(1, 1)?;
+                if args[0] != "server" {
+                    return Err(err(n, "remote-cert-tls: only `server` makes sense here"));
+                }
+            }
+            // What OpenVPN clients of the same profile need over UDP.
+            "explicit-exit-notify" => want(0, 1)?,
             "remote-random" => {
                 want(0, 0)?;
                 remote_random = true;

@@ -43,6 +43,7 @@ fn configs(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, Arc<ClientConfi
         key: store.key_path("gw"),
         client_ca: store.ca_cert_path(),
         crl: Some(store.crl_path()),
+        tls_crypt: None,
     })
     .unwrap();
     let mut roots = RootCertStore::empty();

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use cvpn_gw::config::{Config, RouteTarget};
 use cvpn_gw::export::{ProfileParts, render_profile};
 use cvpn_gw::policy::Policy;
+use cvpn_gw::protocol::openvpn::tls_crypt::StaticKey;
 use cvpn_gw::tls::CrlHealth;
 use cvpn_proto::text::Untrusted;
 use serde_json::Value;
@@ -45,6 +46,9 @@ pub fn check(path: &Path) -> Result<()> {
     let policy = Policy::compile(&config).context("authorization_rules")?;
     drop(policy);
     cvpn_gw::tls::Acceptor::new(&config.tls)?;
+    if let Some(path) = &config.tls.tls_crypt {
+        StaticKey::load(path)?;
+    }
     match cvpn_gw::tls::check_crl(&config.tls)? {
         CrlHealth::Current => {}
         CrlHealth::Absent => eprintln!("WARNING: {}", CrlHealth::Absent),
@@ -140,6 +144,10 @@ pub fn export_profile(
     let ca = read(&pki.join("ca.crt"))?;
     let cert = read(&pki.join("issued").join(format!("{client}.crt")))?;
     let key = read(&pki.join("private").join(format!("{client}.key")))?;
+    let tls_crypt = match &config.tls.tls_crypt {
+        Some(path) => Some(StaticKey::load(path)?.to_text()),
+        None => None,
+    };
     let text = render_profile(&ProfileParts {
         remote_host: &host,
         remote_port: port,
@@ -148,6 +156,7 @@ pub fn export_profile(
         cert_pem: &cert,
         key_pem: &key,
         udp: config.transport_protocol == cvpn_gw::config::TransportProtocol::Udp,
+        tls_crypt: tls_crypt.as_deref(),
     });
     match out {
         Some(path) => {
@@ -160,5 +169,17 @@ pub fn export_profile(
         }
         None => print!("{text}"),
     }
+    Ok(())
+}
+
+/// `tls-crypt-key`: writes a new OpenVPN tls-crypt key (mode 0600).
+pub fn tls_crypt_key(out: &Path) -> Result<()> {
+    let key = StaticKey::generate().context("no system randomness")?;
+    cvpn_pki::store::write_atomic(out, key.to_text().as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "wrote {} (name it in [tls] tls_crypt; export-profile embeds it)",
+        out.display()
+    );
     Ok(())
 }

@@ -65,6 +65,7 @@ struct RawTls {
     key: PathBuf,
     client_ca: PathBuf,
     crl: Option<PathBuf>,
+    tls_crypt: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -101,6 +102,9 @@ pub struct TlsFiles {
     pub key: PathBuf,
     pub client_ca: PathBuf,
     pub crl: Option<PathBuf>,
+    /// OpenVPN tls-crypt key (optional): OpenVPN packets without it get
+    /// no answer.
+    pub tls_crypt: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -356,6 +360,7 @@ impl Validator {
                 key: resolve(raw.tls.key),
                 client_ca: resolve(raw.tls.client_ca),
                 crl: raw.tls.crl.map(resolve),
+                tls_crypt: raw.tls.tls_crypt.map(resolve),
             },
             target_networks: targets,
             routes,

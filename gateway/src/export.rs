@@ -1,5 +1,6 @@
 //! The client profile `export-profile` writes: OpenVPN configuration syntax
-//! with the CA, the client's certificate and key inline.
+//! with the CA, the client's certificate and key inline, which both the
+//! stock `openvpn` client and `cvpn-client` take unchanged.
 
 /// What goes into a profile.
 pub struct ProfileParts<'a> {
@@ -10,10 +11,13 @@ pub struct ProfileParts<'a> {
     pub ca_pem: &'a str,
     pub cert_pem: &'a str,
     pub key_pem: &'a str,
-    /// `proto udp`: the endpoint runs the datagram channel.
+    /// `proto udp`: the endpoint serves UDP.
     pub udp: bool,
+    /// The endpoint's tls-crypt key file, embedded for OpenVPN clients.
+    pub tls_crypt: Option<&'a str>,
 }
 
+/// The profile's text.
 pub fn render_profile(p: &ProfileParts<'_>) -> String {
     let block = |tag: &str, body: &str| format!("<{tag}>\n{}\n</{tag}>\n", body.trim_end());
     let mut s = String::new();
@@ -23,9 +27,19 @@ pub fn render_profile(p: &ProfileParts<'_>) -> String {
     s.push_str(if p.udp { "proto udp\n" } else { "proto tcp\n" });
     s.push_str(&format!("remote {} {}\n", p.remote_host, p.remote_port));
     s.push_str(&format!("verify-x509-name {} name\n", p.server_name));
+    // OpenVPN checks the server certificate's key usage and serverAuth
+    // (cvpn-client's TLS checks serverAuth anyway).
+    s.push_str("remote-cert-tls server\n");
     s.push_str("connect-retry 1 30\n");
+    if p.udp {
+        // Over UDP the endpoint learns at once that an OpenVPN client left.
+        s.push_str("explicit-exit-notify\n");
+    }
     s.push_str(&block("ca", p.ca_pem));
     s.push_str(&block("cert", p.cert_pem));
     s.push_str(&block("key", p.key_pem));
+    if let Some(k) = p.tls_crypt {
+        s.push_str(&block("tls-crypt", k));
+    }
     s
 }

@@ -49,6 +49,13 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Write a new tls-crypt key for OpenVPN clients (OpenVPN's static key
+    /// format); name it in the configuration's [tls] tls_crypt
+    TlsCryptKey {
+        /// The key file to write (mode 0600)
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// List the live connections
     Connections {
         #[arg(long, default_value = cvpn_gw::config::DEFAULT_CONTROL_SOCKET)]
@@ -97,6 +104,7 @@ fn run(cli: Cli) -> Result<()> {
             runtime()?.block_on(serve::serve(config))
         }
         Command::Check { config } => commands::check(&config),
+        Command::TlsCryptKey { out } => commands::tls_crypt_key(&out),
         Command::ExportProfile {
             config,
             pki,

@@ -22,6 +22,7 @@ use crate::outside::openvpn::udp::UdpServer;
 use crate::outside::udp::{self, Datagrams, Udp};
 use crate::outside::{Outside, tcp};
 use crate::policy::Policy;
+use crate::protocol::openvpn::tls_crypt::{StaticKey, TlsCrypt};
 use crate::{control, metrics_http, packet_thread, tls};
 
 /// The gateway's tun device.
@@ -63,6 +64,10 @@ pub async fn serve(config: Config) -> Result<()> {
         info!(max_open_files = n, "file descriptor limit");
     }
     let tls_config = tls::Acceptor::new(&config.tls)?;
+    let tls_crypt = match &config.tls.tls_crypt {
+        Some(path) => Some(StaticKey::load(path)?),
+        None => None,
+    };
     // An expired CRL only warns: re-signing it fixes that while the
     // endpoint runs (the CRL is re-read when it changes).
     match tls::check_crl(&config.tls)? {
@@ -147,7 +152,7 @@ pub async fn serve(config: Config) -> Result<()> {
         connlog,
         Box::new(inside::Device(tun.clone())),
     ));
-    let openvpn = Arc::new(Clients::default());
+    let openvpn = Arc::new(Clients::new(tls_crypt.as_ref().map(TlsCrypt::server)));
     let udp = match udp {
         Some(socket) => {
             let socket = Arc::new(socket);

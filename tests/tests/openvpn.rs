@@ -312,3 +312,64 @@ fn renegotiations_keep_the_tunnel_up() {
     assert!(received >= 159, "{out}\n{}", client.output());
     client.stop();
 }
+
+/// Sends an OpenVPN client reset without tls-crypt to the gateway over
+/// UDP from client `i`; returns how many bytes came back within 2 s.
+fn bytes_back_for_a_bare_reset(tb: &Testbed, i: usize) -> usize {
+    // Opcode 7 (hard reset client v2), key id 0, a session id, no acks,
+    // message id 0.
+    let reset = r"\x38\x01\x02\x03\x04\x05\x06\x07\x08\x00\x00\x00\x00\x00";
+    let out = sh_ok(
+        &tb.clients[i],
+        &format!(
+            "bash -c \"exec 3<>/dev/udp/198.18.{i}.1/443; printf '{reset}' >&3; \
+             timeout 2 cat <&3 | wc -c\""
+        ),
+    );
+    out.trim().parse().expect("a count")
+}
+
+#[test]
+fn tls_crypt_answers_only_clients_with_the_key() {
+    let tb = Testbed::new("ovpn-tc", 2);
+    let config = tb.write_config("transport_protocol = \"udp\"", ALL_USERS);
+    // Without tls-crypt a bare reset gets the stateless answer (26 bytes)...
+    {
+        let _gw = tb.start_gateway(&config);
+        assert_eq!(bytes_back_for_a_bare_reset(&tb, 0), 26);
+    }
+    // ... with it, nothing at all.
+    let key = tb.path("tc.key");
+    cvpn_e2e::ok(
+        std::process::Command::new(cvpn_e2e::bin("cvpn-gw"))
+            .args(["tls-crypt-key", "--out"])
+            .arg(&key),
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[tls]\n",
+        &format!("[tls]\ntls_crypt = \"{}\"\n", key.display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    let gw = tb.start_gateway(&config);
+    assert_eq!(bytes_back_for_a_bare_reset(&tb, 0), 0);
+
+    // The exported profile carries the key: openvpn connects over UDP and
+    // TCP, and cvpn-client takes the same file.
+    let profile = tb.client_profile("frank", &[], 0);
+    assert!(
+        std::fs::read_to_string(&profile)
+            .unwrap()
+            .contains("<tls-crypt>")
+    );
+    let c = &tb.clients[0];
+    let mut client = openvpn(&tb, &gw, 0, &profile, &[]);
+    sh_ok(c, &format!("ping -c 2 -W 3 {TARGET}"));
+    client.stop();
+    let mut tcp = openvpn(&tb, &gw, 0, &profile, &["--proto", "tcp-client"]);
+    sh_ok(c, &format!("ping -c 2 -W 3 {TARGET}"));
+    tcp.stop();
+    let grace = tb.client_profile("grace", &[], 1);
+    let cvpn = tb.connect(1, &grace);
+    assert!(!cvpn.output().contains("tls-crypt"), "{}", cvpn.output());
+    sh_ok(&tb.clients[1], &format!("ping -c 2 -W 3 {TARGET}"));
+}

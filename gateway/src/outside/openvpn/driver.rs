@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::{Instant, sleep_until};
 use tracing::info;
 
-use super::{Client, OpenVpnLink};
+use super::{Client, OpenVpnLink, Wrapping};
 use crate::endpoint::connlog::{Event as LogEvent, Record, new_connection_id};
 use crate::endpoint::session::{Identity, NewSession, Protocol, Session};
 use crate::endpoint::{Endpoint, IDLE_TIMEOUT, KEEPALIVE};
@@ -43,6 +43,8 @@ pub struct Start {
     pub udp: bool,
     /// Its slot among the handshakes in progress, until authenticated.
     pub permit: Option<OwnedSemaphorePermit>,
+    /// Its tls-crypt wrapping, if the endpoint has a key.
+    pub wrapping: Option<Wrapping>,
 }
 
 /// Drives a client until its session ends; returns why.
@@ -59,9 +61,10 @@ pub async fn drive(
         client: &client,
         negotiated: None,
         last_ping: Instant::now(),
+        wrapping: start.wrapping.take(),
     };
     let reason = loop {
-        flush(&mut control, &client);
+        run.flush(&mut control);
         let session = client.session.get().cloned();
         let now = Instant::now();
         let tick = control
@@ -81,14 +84,7 @@ pub async fn drive(
         };
         let step = tokio::select! {
             m = inbound.recv() => match m {
-                Some(bytes) => match ControlPacket::parse(&bytes) {
-                    Ok(p) => {
-                        let r = control.receive(&p, now.into_std());
-                        if r.is_ok() { client.heard(); }
-                        r
-                    }
-                    Err(_) => Ok(()),
-                },
+                Some(bytes) => run.receive(&mut control, bytes),
                 None => Err("client closed the connection".to_string()),
             },
             _ = sleep_until(tick) => run.timers(&mut control),
@@ -117,22 +113,44 @@ fn session_deadline(ep: &Endpoint, s: &Session) -> Instant {
     Instant::now() + left
 }
 
-/// Sends what the control channel has due.
-fn flush(control: &mut Control, client: &Client) {
-    let now = std::time::Instant::now();
-    while let Some(p) = control.poll_transmit(now) {
-        client.wire.send(&p);
-    }
-}
-
 struct Run<'a> {
     ep: &'a Arc<Endpoint>,
     client: &'a Arc<Client>,
     negotiated: Option<Negotiated>,
     last_ping: Instant,
+    wrapping: Option<Wrapping>,
 }
 
 impl Run<'_> {
+    /// Sends what the control channel has due.
+    fn flush(&mut self, control: &mut Control) {
+        let now = std::time::Instant::now();
+        while let Some(p) = control.poll_transmit(now) {
+            match &mut self.wrapping {
+                Some(w) => self.client.wire.send(&w.wrap(&p)),
+                None => self.client.wire.send(&p),
+            };
+        }
+    }
+
+    /// One control packet from the client: unwrapped, then to the
+    /// control channel. Packets that are not the client's are ignored.
+    fn receive(&mut self, control: &mut Control, bytes: Vec<u8>) -> Result<(), String> {
+        let plain = match &mut self.wrapping {
+            Some(w) => match w.unwrap(&bytes) {
+                Some(p) => p,
+                None => return Ok(()),
+            },
+            None => bytes,
+        };
+        let Ok(p) = ControlPacket::parse(&plain) else {
+            return Ok(());
+        };
+        control.receive(&p, std::time::Instant::now())?;
+        self.client.heard();
+        Ok(())
+    }
+
     /// Control-channel timers, the keepalive ping, the idle timeout.
     fn timers(&mut self, control: &mut Control) -> Result<(), String> {
         control.on_timeout(std::time::Instant::now())?;
@@ -203,7 +221,7 @@ impl Run<'_> {
             Ok(a) => a,
             Err(why) => {
                 let _ = control.send_message(&format!("AUTH_FAILED,{why}"));
-                flush(control, self.client);
+                self.flush(control);
                 ep.log_refused(&failure(start, Some(identity.common_name), &why));
                 return Err(format!("refused: {why}"));
             }
@@ -267,7 +285,7 @@ impl Run<'_> {
                 Some(p) => ep.log_refused(&failure(start, p.common_name, &reason)),
                 None => ep.failed_without_certificate(start.device, &reason),
             }
-            flush(control, self.client);
+            self.flush(control);
             return;
         };
         // Out of the registry first: nothing is sent to it meanwhile.
@@ -276,12 +294,10 @@ impl Run<'_> {
             let _ = control.send_message(&format!("{signal},{reason}"));
             let until = Instant::now() + LINGER;
             loop {
-                flush(control, self.client);
+                self.flush(control);
                 tokio::select! {
-                    m = inbound.recv() => match m.map(|b| ControlPacket::parse(&b).map(|p| {
-                        let _ = control.receive(&p, std::time::Instant::now());
-                    })) {
-                        Some(_) => {}
+                    m = inbound.recv() => match m {
+                        Some(b) => drop(self.receive(control, b)),
                         None => break,
                     },
                     _ = sleep_until(until) => break,

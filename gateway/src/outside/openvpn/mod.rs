@@ -23,6 +23,7 @@ use crate::endpoint::session::{Link, Session};
 use crate::inside::segment::plain_packets;
 use crate::protocol::openvpn::channel::{DataChannel, Opened};
 use crate::protocol::openvpn::data::OVERHEAD;
+use crate::protocol::openvpn::tls_crypt::{Replay, TlsCrypt};
 
 /// Where a client's OpenVPN packets go: its TCP stream or its UDP address.
 pub trait Wire: Send + Sync {
@@ -150,17 +151,79 @@ impl Link for OpenVpnLink {
     }
 }
 
+/// A client's tls-crypt wrapping: the endpoint's key, the packet ids of
+/// what the server sends, and those the client's packets took.
+pub struct Wrapping {
+    crypt: Arc<TlsCrypt>,
+    next_id: u32,
+    time: u32,
+    replay: Replay,
+}
+
+/// Packet ids of the stateless reset answer; a session's start above it.
+pub const RESET_PACKET_ID: u32 = 1;
+
+/// Now in Unix seconds, as tls-crypt's packet ids and the cookie take it.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Wrapping {
+    /// A client's wrapping under the endpoint's key.
+    pub fn new(crypt: Arc<TlsCrypt>) -> Wrapping {
+        Wrapping {
+            crypt,
+            // Past the id the reset answer took at the same second.
+            next_id: 0x100,
+            time: unix_now() as u32,
+            replay: Replay::default(),
+        }
+    }
+
+    /// Wraps a control packet for the client.
+    pub fn wrap(&mut self, packet: &[u8]) -> Vec<u8> {
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        self.crypt.wrap(packet, self.next_id, self.time)
+    }
+
+    /// Unwraps a control packet from the client; None if it was not
+    /// made with the key or is a replay.
+    pub fn unwrap(&mut self, wire: &[u8]) -> Option<Vec<u8>> {
+        let (plain, id, time) = self.crypt.unwrap(wire).ok()?;
+        self.replay.accept(time, id).then_some(plain)
+    }
+}
+
 /// Peer ids are 24 bits.
 const PEER_IDS: u32 = 1 << 24;
 
-/// The OpenVPN clients of the endpoint, by peer id.
+/// The OpenVPN clients of the endpoint, by peer id, and the tls-crypt
+/// key they must use, if the endpoint has one.
 #[derive(Default)]
 pub struct Clients {
     next_peer_id: AtomicU32,
     by_peer_id: Mutex<HashMap<u32, Arc<Client>>>,
+    /// The endpoint's tls-crypt key.
+    pub tls_crypt: Option<Arc<TlsCrypt>>,
 }
 
 impl Clients {
+    /// No client yet; control packets wrapped with `tls_crypt` if given.
+    pub fn new(tls_crypt: Option<TlsCrypt>) -> Clients {
+        Clients {
+            tls_crypt: tls_crypt.map(Arc::new),
+            ..Clients::default()
+        }
+    }
+
+    /// A new client's wrapping, if the endpoint has a key.
+    pub fn wrapping(&self) -> Option<Wrapping> {
+        self.tls_crypt.clone().map(Wrapping::new)
+    }
+
     /// Registers a client made by `make` with a peer id no other client
     /// has; None if all are taken.
     pub fn add(&self, make: impl FnOnce(u32) -> Client) -> Option<Arc<Client>> {
@@ -177,12 +240,6 @@ impl Clients {
         let c = Arc::new(make(id));
         map.insert(id, c.clone());
         Some(c)
-    }
-
-    /// The client with `peer_id`.
-    pub fn get(&self, peer_id: u32) -> Option<Arc<Client>> {
-        let map = self.by_peer_id.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&peer_id).cloned()
     }
 
     /// Forgets a client.

@@ -121,7 +121,17 @@ pub async fn serve(out: Outside, tcp: TcpStream, device: SocketAddr, permit: Own
     let Ok(Some(len)) = first else {
         return ep.failed_without_certificate(device, "no OpenVPN reset");
     };
-    let reset = match ControlPacket::parse(&buf[2..2 + len]) {
+    let mut wrapping = out.openvpn.wrapping();
+    let first = buf[2..2 + len].to_vec();
+    let plain = match &mut wrapping {
+        Some(w) => match w.unwrap(&first) {
+            Some(p) => p,
+            // Not made with the tls-crypt key: no answer at all.
+            None => return,
+        },
+        None => first,
+    };
+    let reset = match ControlPacket::parse(&plain) {
         Ok(p) if p.opcode == HARD_RESET_CLIENT_V2 && p.key_id == 0 => p,
         _ => return ep.failed_without_certificate(device, "not an OpenVPN client reset"),
     };
@@ -150,6 +160,7 @@ pub async fn serve(out: Outside, tcp: TcpStream, device: SocketAddr, permit: Own
         started,
         udp: false,
         permit: Some(permit),
+        wrapping,
     };
     driver::drive(ep, client.clone(), control, rx, start).await;
     out.openvpn.remove(client.peer_id);

@@ -13,7 +13,7 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use super::driver::{self, Start, tls_factory};
-use super::{Client, Clients, Wire};
+use super::{Client, Clients, RESET_PACKET_ID, Wire, unix_now};
 use crate::endpoint::Endpoint;
 use crate::endpoint::forward::Reply;
 use crate::outside::udp::send_from;
@@ -144,7 +144,16 @@ impl UdpServer {
     /// the cookie (within the source's handshake rate), the packet that
     /// echoes it creates the client. Anything else gets nothing.
     fn first_contact(self: &Arc<Self>, dgram: &[u8], from: SocketAddr, local: Option<Ipv4Addr>) {
-        let Ok(p) = ControlPacket::parse(dgram) else {
+        let crypt = self.clients.tls_crypt.as_ref();
+        let plain = match crypt {
+            // Not made with the tls-crypt key: no answer at all.
+            Some(c) => match c.unwrap(dgram) {
+                Ok((plain, _, _)) => plain,
+                Err(_) => return,
+            },
+            None => dgram.to_vec(),
+        };
+        let Ok(p) = ControlPacket::parse(&plain) else {
             return;
         };
         let now = unix_now();
@@ -157,7 +166,12 @@ impl UdpServer {
                 .allow(from.ip(), Instant::now());
             if allowed {
                 let sid = self.cookie.session_id(from, &p.session_id, now);
-                let _ = send_from(&self.socket, &server_reset(&p, sid), from, local);
+                let answer = server_reset(&p, sid);
+                let answer = match crypt {
+                    Some(c) => c.wrap(&answer, RESET_PACKET_ID, now as u32),
+                    None => answer,
+                };
+                let _ = send_from(&self.socket, &answer, from, local);
             }
             return;
         }
@@ -210,6 +224,7 @@ impl UdpServer {
             started: time::OffsetDateTime::now_utc(),
             udp: true,
             permit: Some(permit),
+            wrapping: self.clients.wrapping(),
         };
         let me = self.clone();
         self.runtime.spawn(async move {
@@ -222,13 +237,6 @@ impl UdpServer {
             map.retain(|_, u| !Arc::ptr_eq(u, &entry));
         });
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// The stateless answer to a reset: our reset (message 0) acknowledging

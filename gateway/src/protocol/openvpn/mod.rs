@@ -12,3 +12,4 @@ pub mod keys;
 pub mod packet;
 pub mod push;
 pub mod reliable;
+pub mod tls_crypt;
