@@ -128,6 +128,7 @@ fn handle(ep: &Endpoint, req: Request) -> Value {
                     "no_route": d.no_route.load(Ordering::Relaxed),
                     "denied": d.denied.load(Ordering::Relaxed),
                     "malformed": d.malformed.load(Ordering::Relaxed),
+                    "ipv6": d.ipv6.load(Ordering::Relaxed),
                     "no_session": d.no_session.load(Ordering::Relaxed),
                     "queue_full": d.queue_full.load(Ordering::Relaxed),
                 }

@@ -373,3 +373,31 @@ fn tls_crypt_answers_only_clients_with_the_key() {
     assert!(!cvpn.output().contains("tls-crypt"), "{}", cvpn.output());
     sh_ok(&tb.clients[1], &format!("ping -c 2 -W 3 {TARGET}"));
 }
+
+#[test]
+fn profiles_with_compression_framing_still_work_uncompressed() {
+    let tb = Testbed::new("ovpn-comp", 1);
+    let config = tb.write_config("transport_protocol = \"udp\"", ALL_USERS);
+    let gw = tb.start_gateway(&config);
+    let profile = tb.client_profile("hank", &[], 0);
+    let c = &tb.clients[0];
+    for extra in [&["--comp-lzo", "no"][..], &["--compress"][..]] {
+        let mut client = openvpn(&tb, &gw, 0, &profile, extra);
+        let (ok, out) = ping(c, TARGET);
+        assert!(
+            ok,
+            "{extra:?}: {out}\n{}\n{}\n{}",
+            client.output(),
+            gw.output(),
+            tb.connections()
+        );
+        let (fetched, _) = tb.transfer(c, 5001, 11, false);
+        assert!(
+            fetched.contains("ok 20000000 bytes"),
+            "{extra:?}: {fetched}"
+        );
+        client.stop();
+    }
+    let drops = &tb.connections()["drops"];
+    assert_eq!(drops["malformed"], 0, "{drops}\n{}", gw.output());
+}

@@ -78,6 +78,10 @@ impl Endpoint {
                 self.drops.malformed.fetch_add(1, Ordering::Relaxed);
                 return;
             }
+            Verdict::Ipv6 => {
+                self.drops.ipv6.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         };
         // The reply goes behind a plain virtio-net header (the buffer's
         // first bytes, always zero).

@@ -25,6 +25,8 @@ pub struct Drops {
     pub denied: AtomicU64,
     /// Not a well-formed IPv4 packet (or offload header).
     pub malformed: AtomicU64,
+    /// IPv6 from a client (the tunnel carries IPv4).
+    pub ipv6: AtomicU64,
     /// For a tunnel address no session has.
     pub no_session: AtomicU64,
     /// For a session whose queue was full.
@@ -162,6 +164,7 @@ pub fn render(s: &Snapshot) -> String {
             ("reason", "no_route", load(&d.no_route)),
             ("reason", "not_authorized", load(&d.denied)),
             ("reason", "malformed", load(&d.malformed)),
+            ("reason", "ipv6", load(&d.ipv6)),
             ("reason", "no_session", load(&d.no_session)),
             ("reason", "queue_full", load(&d.queue_full)),
         ],

@@ -22,7 +22,10 @@ use crate::config::{Config, RouteTarget};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
     Forward(RouteTarget),
-    /// Not IPv4, or an IPv4 header the kernel would refuse: too short, a
+    /// An IPv6 packet: the tunnel carries IPv4 only (a stock client's tun
+    /// device sends its IPv6 link-local chatter anyway).
+    Ipv6,
+    /// Not IP, or an IPv4 header the kernel would refuse: too short, a
     /// header length beyond the packet, a total length other than the
     /// packet's.
     Malformed,
@@ -59,6 +62,9 @@ impl Policy {
     /// Reads only the version, lengths, source and destination.
     #[inline]
     pub fn check(&self, packet: &[u8], client: Ipv4Addr, groups: GroupMask) -> Verdict {
+        if packet.first().is_some_and(|b| b >> 4 == 6) && packet.len() >= 40 {
+            return Verdict::Ipv6;
+        }
         let Some(header) = packet.get(..20) else {
             return Verdict::Malformed;
         };

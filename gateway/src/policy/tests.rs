@@ -149,6 +149,10 @@ fn packet_verdicts() {
     let mut v6 = packet(c, [192, 168, 1, 5]);
     v6[0] = 0x60;
     assert_eq!(p.check(&v6, me, eng), Verdict::Malformed);
+    // An IPv6 header's worth: a stock client's IPv6 chatter, not garbage.
+    let mut v6 = [0u8; 40];
+    v6[0] = 0x60;
+    assert_eq!(p.check(&v6, me, eng), Verdict::Ipv6);
 }
 
 /// IPv4 headers the kernel would refuse are the policy's to drop.

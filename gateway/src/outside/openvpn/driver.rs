@@ -171,12 +171,16 @@ impl Run<'_> {
 
     /// Acts on what the control channel reported.
     async fn events(&mut self, control: &mut Control, start: &mut Start) -> Result<(), String> {
+        // Pushed after the batch: the client sends data as soon as it has
+        // its configuration, so the keys must be in place first.
+        let mut push = false;
         while let Some(ev) = control.poll_event() {
             match ev {
                 Event::Authenticated {
                     identity,
                     peer_info,
                     cipher,
+                    tls_ekm,
                 } => {
                     start.permit = None;
                     self.client
@@ -184,27 +188,35 @@ impl Run<'_> {
                         .use_data_v2(peer_info.has(iv_proto::DATA_V2));
                     self.negotiated = Some(Negotiated {
                         cipher,
-                        tls_ekm: true,
+                        tls_ekm,
                         cc_exit: peer_info.has(iv_proto::CC_EXIT_NOTIFY),
                         peer_id: peer_info
                             .has(iv_proto::DATA_V2)
                             .then_some(self.client.peer_id),
                     });
                     self.admit(control, start, identity, &peer_info).await?;
-                    if peer_info.has(iv_proto::REQUEST_PUSH) {
-                        self.push(control)?;
-                    }
+                    push |= peer_info.has(iv_proto::REQUEST_PUSH);
                 }
                 Event::Keys {
                     key_id,
                     cipher,
                     keys,
-                } => self.client.data.install(key_id, cipher, &keys),
+                } => {
+                    self.client.data.install(key_id, cipher, &keys);
+                    // The first key: the client has it before its first
+                    // packet (it comes with the configuration).
+                    if self.client.data.active_key().is_none() {
+                        self.client.data.activate(key_id);
+                    }
+                }
                 Event::Active { key_id } => self.client.data.activate(key_id),
                 Event::Retired { key_id } => self.client.data.retire(key_id),
-                Event::PushRequest => self.push(control)?,
+                Event::PushRequest => push = true,
                 Event::Exit => return Err("client disconnected".into()),
             }
+        }
+        if push {
+            self.push(control)?;
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use crate::endpoint::forward::Reply;
 use crate::endpoint::session::{Link, Session};
 use crate::inside::segment::plain_packets;
 use crate::protocol::openvpn::channel::{DataChannel, Opened};
-use crate::protocol::openvpn::data::OVERHEAD;
+use crate::protocol::openvpn::data::MAX_OVERHEAD;
 use crate::protocol::openvpn::tls_crypt::{Replay, TlsCrypt};
 
 /// Where a client's OpenVPN packets go: its TCP stream or its UDP address.
@@ -140,7 +140,7 @@ impl Link for OpenVpnLink {
         SEAL_BUFS.with_borrow_mut(|(scratch, out)| {
             let mut sent = true;
             let ok = plain_packets(frame, scratch, |p| {
-                out.resize(p.len() + OVERHEAD, 0);
+                out.resize(p.len() + MAX_OVERHEAD, 0);
                 sent &= match self.data.seal(p, out) {
                     Ok(n) => self.wire.send(&out[..n]),
                     Err(_) => false,

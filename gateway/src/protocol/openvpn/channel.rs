@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use super::data::{DataError, OCC_EXIT, OCC_MAGIC, Opener, PING, Sealer};
 use super::keys::{Cipher, ServerKeys};
@@ -23,6 +23,14 @@ pub enum Opened {
     Occ,
 }
 
+/// The compression framing byte of `comp-lzo no` and stub profiles: the
+/// payload follows uncompressed.
+const NO_COMPRESS: u8 = 0xfa;
+/// The same for `compress` (stub): the payload's first byte moved to its
+/// end, this byte in its place.
+const NO_COMPRESS_SWAP: u8 = 0xfb;
+const FRAMING_NONE: u8 = 0;
+
 struct Send {
     current: Option<Sealer>,
     pending: [Option<Sealer>; 8],
@@ -32,6 +40,9 @@ struct Send {
 pub struct DataChannel {
     peer_id: u32,
     data_v2: AtomicBool,
+    /// The compression framing the client uses (it never compresses with
+    /// this endpoint): learnt from its packets, used for ours.
+    framing: AtomicU8,
     open: Mutex<[Option<Opener>; 8]>,
     send: Mutex<Send>,
 }
@@ -48,6 +59,7 @@ impl DataChannel {
         DataChannel {
             peer_id,
             data_v2: AtomicBool::new(true),
+            framing: AtomicU8::new(FRAMING_NONE),
             open: Mutex::new(Default::default()),
             send: Mutex::new(Send {
                 current: None,
@@ -79,6 +91,11 @@ impl DataChannel {
         }
     }
 
+    /// The key id sealed with, if any.
+    pub fn active_key(&self) -> Option<u8> {
+        lock(&self.send).current.as_ref().map(Sealer::key_id)
+    }
+
     /// Forgets a retired key id's opener.
     pub fn retire(&self, key_id: u8) {
         lock(&self.open)[usize::from(key_id & 7)] = None;
@@ -102,6 +119,7 @@ impl DataChannel {
                 .ok_or(DataError::Authentication)?;
             opener.open(packet)?
         };
+        let range = self.unframe(packet, range);
         let payload = &packet[range.clone()];
         Ok(if payload == PING {
             Opened::Ping
@@ -116,11 +134,37 @@ impl DataChannel {
         })
     }
 
-    /// Seals a payload for the client into `out`: the packet's length.
+    /// Takes the compression framing off an opened payload (IPv4 starts
+    /// with 0x4_, a ping with 0x2a, OCC with 0x28: a framing byte is never
+    /// a payload's first) and notes it for what goes to the client.
+    fn unframe(&self, packet: &mut [u8], range: Range<usize>) -> Range<usize> {
+        match packet.get(range.start) {
+            Some(&NO_COMPRESS) => {
+                self.framing.store(NO_COMPRESS, Ordering::Relaxed);
+                range.start + 1..range.end
+            }
+            Some(&NO_COMPRESS_SWAP) if range.len() > 1 => {
+                self.framing.store(NO_COMPRESS_SWAP, Ordering::Relaxed);
+                packet[range.start] = packet[range.end - 1];
+                range.start..range.end - 1
+            }
+            _ => range,
+        }
+    }
+
+    /// Seals a payload for the client into `out`, framed as the client
+    /// frames its own: the packet's length.
     pub fn seal(&self, payload: &[u8], out: &mut [u8]) -> Result<usize, DataError> {
         let mut s = lock(&self.send);
         let sealer = s.current.as_mut().ok_or(DataError::Exhausted)?;
-        sealer.seal(payload, out)
+        match (self.framing.load(Ordering::Relaxed), payload.split_first()) {
+            (NO_COMPRESS, _) => sealer.seal_parts(&[&[NO_COMPRESS], payload], out),
+            (NO_COMPRESS_SWAP, Some((first, rest))) => sealer.seal_parts(
+                &[&[NO_COMPRESS_SWAP], rest, std::slice::from_ref(first)],
+                out,
+            ),
+            _ => sealer.seal(payload, out),
+        }
     }
 }
 
@@ -171,5 +215,35 @@ mod tests {
         let n = c1.seal(&exit, &mut out).unwrap();
         assert_eq!(ch.open(&mut out[..n]).unwrap(), Opened::Exit);
         assert!(ch.open(&mut []).is_err());
+    }
+
+    #[test]
+    fn compression_framing_is_learnt_and_answered_in_kind() {
+        let b = [3u8; KEY_BLOCK_LEN];
+        let ch = DataChannel::new(5);
+        ch.install(0, Cipher::Aes256Gcm, &server_keys(&b, Cipher::Aes256Gcm));
+        ch.activate(0);
+        let (mut c, mut o) = client(&b, 0);
+        let mut out = [0u8; 256];
+        let ip = [0x45, 1, 2, 3];
+        // `compress` (stub): swapped; the answer is swapped too.
+        let n = c
+            .seal(&[NO_COMPRESS_SWAP, 1, 2, 3, 0x45], &mut out)
+            .unwrap();
+        let Opened::Packet(r) = ch.open(&mut out[..n]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(&out[r], &ip);
+        let n = ch.seal(&ip, &mut out).unwrap();
+        let r = o.open(&mut out[..n]).unwrap();
+        assert_eq!(&out[r], &[NO_COMPRESS_SWAP, 1, 2, 3, 0x45]);
+        // `comp-lzo no`: a prefix, pings included.
+        let mut framed = vec![NO_COMPRESS];
+        framed.extend_from_slice(&PING);
+        let n = c.seal(&framed, &mut out).unwrap();
+        assert_eq!(ch.open(&mut out[..n]).unwrap(), Opened::Ping);
+        let n = ch.seal(&ip, &mut out).unwrap();
+        let r = o.open(&mut out[..n]).unwrap();
+        assert_eq!(&out[r], &[NO_COMPRESS, 0x45, 1, 2, 3]);
     }
 }

@@ -19,6 +19,7 @@ use super::packet::{
     ACK_V1, Acks, CONTROL_V1, ControlPacket, HARD_RESET_SERVER_V2, MAX_ACKS, SOFT_RESET_V1,
     SessionId,
 };
+use super::prf;
 use super::reliable::Reliable;
 use crate::tls::{Presented, PresentedSlot};
 
@@ -52,6 +53,8 @@ pub enum Event {
         peer_info: PeerInfo,
         /// The negotiated data-channel cipher.
         cipher: Cipher,
+        /// Data keys come from the TLS exporter (else the PRF).
+        tls_ekm: bool,
     },
     /// Data-channel keys for a key id: open with them at once, seal with
     /// them after `Active`.
@@ -108,6 +111,7 @@ pub struct Control {
     events: VecDeque<Event>,
     identity: Option<ClientIdentity>,
     cipher: Option<Cipher>,
+    tls_ekm: bool,
 }
 
 fn tls_failure(e: impl std::fmt::Display) -> String {
@@ -157,6 +161,7 @@ impl Control {
             events: VecDeque::new(),
             identity: None,
             cipher: None,
+            tls_ekm: false,
         }
     }
 
@@ -287,27 +292,34 @@ impl Control {
             None => keys::choose_cipher(&client.peer_info, &client.options)
                 .ok_or("no data cipher in common (this endpoint takes AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305)")?,
         };
-        if first && !client.peer_info.has(keys::iv_proto::TLS_KEY_EXPORT) {
-            return Err("the client does not offer key-derivation tls-ekm".into());
+        if first {
+            self.tls_ekm = client.peer_info.has(keys::iv_proto::TLS_KEY_EXPORT);
         }
-        let mut random = [0u8; 64];
-        getrandom::fill(&mut random).map_err(|e| e.to_string())?;
-        let (r1, r2) = random.split_at(32);
-        let msg = keys::server_keys_message(
-            r1.try_into().unwrap_or(&[0; 32]),
-            r2.try_into().unwrap_or(&[0; 32]),
-            OPTIONS,
-        );
+        let (mut r1, mut r2) = ([0u8; 32], [0u8; 32]);
+        getrandom::fill(&mut r1).map_err(|e| e.to_string())?;
+        getrandom::fill(&mut r2).map_err(|e| e.to_string())?;
+        let msg = keys::server_keys_message(&r1, &r2, OPTIONS);
         let key = &mut self.keys[i];
         key.tls
             .writer()
             .write_all(&msg)
             .map_err(|e| e.to_string())?;
         flush_tls(key)?;
-        let block = key
-            .tls
-            .export_keying_material([0u8; KEY_BLOCK_LEN], keys::EKM_LABEL, None)
-            .map_err(|e| format!("TLS exporter: {e}"))?;
+        let block = if self.tls_ekm {
+            key.tls
+                .export_keying_material([0u8; KEY_BLOCK_LEN], keys::EKM_LABEL, None)
+                .map_err(|e| format!("TLS exporter: {e}"))?
+        } else {
+            prf::key_block(&prf::Sources {
+                pre_master: &client.pre_master,
+                client_random1: &client.random1,
+                client_random2: &client.random2,
+                server_random1: &r1,
+                server_random2: &r2,
+                client_sid: &self.peer_sid,
+                server_sid: &self.own_sid,
+            })
+        };
         key.phase = Phase::Active { announced: false };
         let key_id = key.key_id;
         if first {
@@ -317,6 +329,7 @@ impl Control {
                 identity,
                 peer_info: client.peer_info,
                 cipher,
+                tls_ekm: self.tls_ekm,
             });
         }
         self.events.push_back(Event::Keys {

@@ -15,9 +15,11 @@ use super::packet::{DATA_V1, DATA_V2};
 
 /// Bytes an AEAD tag takes.
 pub const TAG_LEN: usize = 16;
-/// What sealing adds to a payload at most: a DATA_V2 header, the packet
-/// id and the tag.
+/// What sealing adds to a payload: a DATA_V2 header, the packet id and
+/// the tag.
 pub const OVERHEAD: usize = 4 + 4 + TAG_LEN;
+/// What sealing adds at most: OVERHEAD and a compression framing byte.
+pub const MAX_OVERHEAD: usize = OVERHEAD + 1;
 /// The keepalive ping's payload (ping.c).
 pub const PING: [u8; 16] = [
     0x2a, 0x18, 0x7b, 0xf3, 0x64, 0x1e, 0xb4, 0xcb, 0x07, 0xed, 0x2d, 0x0a, 0x98, 0x1f, 0xc7, 0x48,
@@ -98,6 +100,11 @@ impl Sealer {
         }
     }
 
+    /// The key id it seals with.
+    pub fn key_id(&self) -> u8 {
+        self.header[0] & 7
+    }
+
     /// Whether the key is near the end of its packet ids.
     pub fn worn_out(&self) -> bool {
         self.last_id >= LAST_PACKET_ID
@@ -105,8 +112,15 @@ impl Sealer {
 
     /// Seals `payload` into `out`; returns the packet's length.
     pub fn seal(&mut self, payload: &[u8], out: &mut [u8]) -> Result<usize, DataError> {
+        self.seal_parts(&[payload], out)
+    }
+
+    /// Seals the concatenation of `parts` (a payload and its framing)
+    /// into `out`; returns the packet's length.
+    pub fn seal_parts(&mut self, parts: &[&[u8]], out: &mut [u8]) -> Result<usize, DataError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         let h = self.header_len;
-        let total = h + 4 + TAG_LEN + payload.len();
+        let total = h + 4 + TAG_LEN + len;
         if out.len() < total {
             return Err(DataError::NoRoom);
         }
@@ -118,8 +132,12 @@ impl Sealer {
         out[..h].copy_from_slice(&self.header[..h]);
         out[h..h + 4].copy_from_slice(&id.to_be_bytes());
         let (head, body) = out.split_at_mut(h + 4 + TAG_LEN);
-        let body = &mut body[..payload.len()];
-        body.copy_from_slice(payload);
+        let body = &mut body[..len];
+        let mut at = 0;
+        for p in parts {
+            body[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
         let aad = aad(&head[..h + 4], h);
         let tag = self
             .key

@@ -10,6 +10,7 @@ pub mod cookie;
 pub mod data;
 pub mod keys;
 pub mod packet;
+pub mod prf;
 pub mod push;
 pub mod reliable;
 pub mod tls_crypt;
