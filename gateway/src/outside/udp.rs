@@ -107,6 +107,37 @@ pub fn send_from(
 /// A datagram channel and the session it belongs to.
 type Channel = (Arc<DatagramPath>, Weak<Session>);
 
+/// Sends `buf` to `to` (from the gateway address `local`) as datagrams of
+/// `segment` bytes each (the last may be shorter), cut by the kernel: UDP
+/// segmentation offload, one system call for up to 64 datagrams.
+pub fn send_segmented(
+    sock: &UdpSocket,
+    buf: &[u8],
+    segment: u16,
+    to: SocketAddr,
+    local: Option<Ipv4Addr>,
+) -> std::io::Result<()> {
+    let info = local.map(|l| nix::libc::in_pktinfo {
+        ipi_ifindex: 0,
+        ipi_spec_dst: nix::libc::in_addr {
+            s_addr: u32::from(l).to_be(),
+        },
+        ipi_addr: nix::libc::in_addr { s_addr: 0 },
+    });
+    let dest = SockaddrStorage::from(to);
+    let iov = [IoSlice::new(buf)];
+    let gso = ControlMessage::UdpGsoSegments(&segment);
+    let flags = MsgFlags::MSG_DONTWAIT;
+    match (&info, to) {
+        (Some(info), SocketAddr::V4(_)) => {
+            let cmsgs = [gso, ControlMessage::Ipv4PacketInfo(info)];
+            sendmsg(sock.as_raw_fd(), &iov, &cmsgs, flags, Some(&dest))?
+        }
+        _ => sendmsg(sock.as_raw_fd(), &iov, &[gso], flags, Some(&dest))?,
+    };
+    Ok(())
+}
+
 /// cvpn/1 sessions with a datagram channel, by its session id.
 #[derive(Default)]
 pub struct Datagrams {

@@ -5,10 +5,12 @@
 //! client's control channel in driver.rs.
 
 pub mod driver;
+pub mod link;
 pub mod tcp;
 pub mod udp;
 
-use std::cell::RefCell;
+pub use link::{OpenVpnLink, Wire};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -19,17 +21,9 @@ use tracing::debug;
 
 use crate::endpoint::Endpoint;
 use crate::endpoint::forward::Reply;
-use crate::endpoint::session::{Link, Session};
-use crate::inside::segment::plain_packets;
+use crate::endpoint::session::Session;
 use crate::protocol::openvpn::channel::{DataChannel, Opened};
-use crate::protocol::openvpn::data::MAX_OVERHEAD;
 use crate::protocol::openvpn::tls_crypt::{Replay, TlsCrypt};
-
-/// Where a client's OpenVPN packets go: its TCP stream or its UDP address.
-pub trait Wire: Send + Sync {
-    /// Sends one OpenVPN packet; false if it was dropped.
-    fn send(&self, packet: &[u8]) -> bool;
-}
 
 /// What the shells know of one OpenVPN client.
 pub struct Client {
@@ -118,36 +112,6 @@ impl Received {
     /// The packet came from the client.
     pub fn authentic(&self) -> bool {
         *self != Received::Dropped
-    }
-}
-
-thread_local! {
-    /// A segment and its sealed packet: one pair per thread, none per packet.
-    static SEAL_BUFS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// An OpenVPN session's way toward its client: offload trains are cut
-/// into plain packets, each sealed with the current key and sent.
-pub struct OpenVpnLink {
-    /// The client's keys.
-    pub data: Arc<DataChannel>,
-    /// Its packets' way out.
-    pub wire: Arc<dyn Wire>,
-}
-
-impl Link for OpenVpnLink {
-    fn send(&self, frame: &[u8]) -> bool {
-        SEAL_BUFS.with_borrow_mut(|(scratch, out)| {
-            let mut sent = true;
-            let ok = plain_packets(frame, scratch, |p| {
-                out.resize(p.len() + MAX_OVERHEAD, 0);
-                sent &= match self.data.seal(p, out) {
-                    Ok(n) => self.wire.send(&out[..n]),
-                    Err(_) => false,
-                };
-            });
-            ok && sent
-        })
     }
 }
 

@@ -16,7 +16,7 @@ use super::driver::{self, Start, tls_factory};
 use super::{Client, Clients, RESET_PACKET_ID, Wire, unix_now};
 use crate::endpoint::Endpoint;
 use crate::endpoint::forward::Reply;
-use crate::outside::udp::send_from;
+use crate::outside::udp::{send_from, send_segmented};
 use crate::protocol::openvpn::control::Control;
 use crate::protocol::openvpn::cookie::CookieKey;
 use crate::protocol::openvpn::packet::{
@@ -45,6 +45,22 @@ impl Wire for DatagramWire {
     fn send(&self, packet: &[u8]) -> bool {
         let p = *self.peer.lock().unwrap_or_else(|p| p.into_inner());
         send_from(&self.socket, packet, p.addr, p.local).is_ok()
+    }
+
+    /// One system call for the lot: the kernel cuts `packets` into
+    /// datagrams of `stride` bytes (UDP segmentation offload).
+    fn send_many(&self, packets: &[u8], stride: usize) -> bool {
+        let p = *self.peer.lock().unwrap_or_else(|p| p.into_inner());
+        match u16::try_from(stride) {
+            Ok(segment) if packets.len() > stride => {
+                send_segmented(&self.socket, packets, segment, p.addr, p.local).is_ok()
+                    // A kernel or device without it: one by one.
+                    || packets
+                        .chunks(stride)
+                        .all(|d| self.send(d))
+            }
+            _ => send_from(&self.socket, packets, p.addr, p.local).is_ok(),
+        }
     }
 }
 

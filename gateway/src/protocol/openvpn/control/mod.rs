@@ -6,14 +6,17 @@
 //! from the client starts a new key id; the old one stays for a
 //! transition window so packets in flight still open.
 
+mod records;
+
 use std::collections::VecDeque;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cvpn_pki::ClientIdentity;
 use rustls::{ServerConfig, ServerConnection};
 
+use self::records::{feed_tls, flush_tls, read_plaintext};
 use super::keys::{self, Cipher, KEY_BLOCK_LEN, KeyError, PeerInfo, ServerKeys};
 use super::packet::{
     ACK_V1, Acks, CONTROL_V1, ControlPacket, HARD_RESET_SERVER_V2, MAX_ACKS, SOFT_RESET_V1,
@@ -469,47 +472,5 @@ impl Control {
     }
 }
 
-/// Hands TLS records from the client to rustls.
-fn feed_tls(key: &mut KeyState, mut records: &[u8]) -> Result<(), String> {
-    while !records.is_empty() {
-        key.tls.read_tls(&mut records).map_err(tls_failure)?;
-        if let Err(e) = key.tls.process_new_packets() {
-            // The alert rustls queued goes out before the session ends.
-            let _ = flush_tls(key);
-            return Err(tls_failure(e));
-        }
-    }
-    Ok(())
-}
-
-/// Queues what rustls has to send, cut into control-packet payloads.
-fn flush_tls(key: &mut KeyState) -> Result<(), String> {
-    let mut out = Vec::new();
-    while key.tls.wants_write() {
-        key.tls.write_tls(&mut out).map_err(|e| e.to_string())?;
-    }
-    for chunk in out.chunks(MAX_CONTROL_PAYLOAD) {
-        if !key.reliable.send(CONTROL_V1, chunk.to_vec()) {
-            return Err("the client acknowledges nothing: control channel stalled".into());
-        }
-    }
-    Ok(())
-}
-
-/// Takes the TLS plaintext rustls has, bounded.
-fn read_plaintext(key: &mut KeyState) -> Result<(), String> {
-    let mut buf = [0u8; 4096];
-    loop {
-        match key.tls.reader().read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => {
-                if key.plaintext.len() + n > MAX_PLAINTEXT {
-                    return Err("control channel message too long".into());
-                }
-                key.plaintext.extend_from_slice(&buf[..n]);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-}
+#[cfg(test)]
+mod tests;
