@@ -23,6 +23,8 @@ use crate::endpoint::Endpoint;
 pub enum Request {
     /// List the live sessions and the drop counters.
     Connections,
+    /// Re-read and apply the configuration file (as SIGHUP).
+    Reload,
     /// End sessions by connection id or common name.
     Terminate {
         /// The session's connection id.
@@ -62,7 +64,7 @@ fn bind_private(path: &Path) -> Result<UnixListener> {
 /// the task that serves it. An accept error (out of descriptors and the
 /// like) pauses the task, never ends it.
 pub async fn listen(ep: Arc<Endpoint>) -> Result<impl std::future::Future<Output = Result<()>>> {
-    let listener = bind_private(&ep.config.control_socket)?;
+    let listener = bind_private(&ep.config().control_socket)?;
     Ok(async move {
         loop {
             let stream = match listener.accept().await {
@@ -111,6 +113,7 @@ fn handle(ep: &Endpoint, req: Request) -> Value {
                         "device-ip": s.device.ip().to_string(),
                         "port": s.device.port().to_string(),
                         "protocol": s.protocol.name(),
+                        "stale-routes": s.routes_generation.load(Ordering::Relaxed) < ep.routes_generation(),
                         "transport-protocol": if s.udp { "udp" } else { "tcp" },
                         "connection-start-time": s.started.unix_timestamp(),
                         "ingress-bytes": c.ingress_bytes.load(Ordering::Relaxed),
@@ -134,6 +137,10 @@ fn handle(ep: &Endpoint, req: Request) -> Value {
                 }
             })
         }
+        Request::Reload => match ep.reload() {
+            Ok(changed) => json!({ "reloaded": true, "changed": changed }),
+            Err(e) => json!({ "error": e.to_string() }),
+        },
         Request::Terminate {
             connection_id,
             common_name,
@@ -165,7 +172,10 @@ pub async fn request(socket: &Path, req: Value) -> Result<Value> {
     stream.read_to_string(&mut text).await?;
     let v: Value = serde_json::from_str(&text).context("malformed answer on the control socket")?;
     if let Some(e) = v.get("error") {
-        bail!("the endpoint refused the request: {e}");
+        bail!(
+            "{}",
+            e.as_str().map(str::to_string).unwrap_or(e.to_string())
+        );
     }
     Ok(v)
 }

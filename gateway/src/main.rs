@@ -63,6 +63,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-read the configuration and apply it live (as SIGHUP); exits
+    /// non-zero, naming the problem, when the endpoint refuses it
+    Reload {
+        /// The endpoint's control socket
+        #[arg(long, default_value = cvpn_gw::config::DEFAULT_CONTROL_SOCKET)]
+        control: PathBuf,
+    },
     /// End connections, by id or by certificate common name
     Terminate {
         #[arg(long, default_value = cvpn_gw::config::DEFAULT_CONTROL_SOCKET)]
@@ -99,9 +106,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve { config } => {
-            let config = Config::load(&config)?;
-            runtime()?.block_on(serve::serve(config))
+        Command::Serve { config: path } => {
+            let config = Config::load(&path)?;
+            runtime()?.block_on(serve::serve(config, Some(path)))
         }
         Command::Check { config } => commands::check(&config),
         Command::TlsCryptKey { out } => commands::tls_crypt_key(&out),
@@ -118,6 +125,22 @@ fn run(cli: Cli) -> Result<()> {
                 json!({"command": "connections"}),
             ))?;
             commands::print_connections(&v, json)
+        }
+        Command::Reload { control } => {
+            let v =
+                runtime()?.block_on(control::request(&control, json!({"command": "reload"})))?;
+            let changed: Vec<&str> = v["changed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.as_str())
+                .collect();
+            if changed.is_empty() {
+                println!("reloaded: nothing changed");
+            } else {
+                println!("reloaded: {} changed", changed.join(", "));
+            }
+            Ok(())
         }
         Command::Terminate {
             control,

@@ -53,10 +53,11 @@ impl Drop for HostState {
     }
 }
 
-pub async fn serve(config: Config) -> Result<()> {
+pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     // Registered first, so a signal during start-up still gets a clean exit.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let policy = Policy::compile(&config).context("authorization_rules")?;
     // Each client is a socket: thousands of them need more than the usual
     // soft limit of 1024 descriptors.
@@ -146,6 +147,7 @@ pub async fn serve(config: Config) -> Result<()> {
 
     let ep = Arc::new(Endpoint::new(
         config,
+        source,
         policy,
         tls_config,
         leases,
@@ -177,11 +179,11 @@ pub async fn serve(config: Config) -> Result<()> {
         openvpn,
     };
     let control = control::listen(ep.clone()).await?;
-    let metrics = match ep.config.metrics_listen {
+    let metrics = match ep.config().metrics_listen {
         Some(addr) => Some(metrics_http::listen(ep.clone(), addr).await?),
         None => None,
     };
-    info!(listen = %ep.config.listen, client_cidr = %ep.config.client_cidr, tun = TUN_NAME,
+    info!(listen = %ep.config().listen, client_cidr = %ep.config().client_cidr, tun = TUN_NAME,
           eni = ?enis, "endpoint up");
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -203,18 +205,25 @@ pub async fn serve(config: Config) -> Result<()> {
     tasks.spawn(tcp::failure_logger(ep.clone()));
     tasks.spawn(control);
     if let Some(m) = metrics {
-        info!(metrics_listen = ?ep.config.metrics_listen, "metrics at /metrics");
+        info!(metrics_listen = ?ep.config().metrics_listen, "metrics at /metrics");
         tasks.spawn(m);
     }
 
-    let outcome = tokio::select! {
-        _ = term.recv() => { info!("SIGTERM: shutting down"); Ok(()) }
-        _ = int.recv() => { info!("SIGINT: shutting down"); Ok(()) }
-        r = tasks.join_next() => match r {
-            Some(Ok(Err(e))) => Err(e),
-            Some(Err(e)) => Err(anyhow!("a gateway task failed: {e}")),
-            _ => Err(anyhow!("a gateway task stopped")),
-        },
+    let outcome = loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break Ok(()) }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break Ok(()) }
+            _ = hup.recv() => {
+                // Logged and counted by reload itself.
+                let ep = ep.clone();
+                let _ = tokio::task::spawn_blocking(move || ep.reload()).await;
+            }
+            r = tasks.join_next() => break match r {
+                Some(Ok(Err(e))) => Err(e),
+                Some(Err(e)) => Err(anyhow!("a gateway task failed: {e}")),
+                _ => Err(anyhow!("a gateway task stopped")),
+            },
+        }
     };
     acceptor.abort();
     let _ = acceptor.await;
@@ -241,7 +250,7 @@ fn mtime(path: &std::path::Path) -> Option<SystemTime> {
 /// Re-reads the CRL when its file changes: new handshakes use it at once,
 /// and sessions of newly revoked certificates end.
 async fn crl_watcher(ep: Arc<Endpoint>) -> Result<()> {
-    let Some(path) = ep.config.tls.crl.clone() else {
+    let Some(path) = ep.config().tls.crl.clone() else {
         return std::future::pending().await;
     };
     let mut seen = mtime(&path);
@@ -252,7 +261,7 @@ async fn crl_watcher(ep: Arc<Endpoint>) -> Result<()> {
             continue;
         }
         seen = now;
-        match tls::Acceptor::new(&ep.config.tls) {
+        match tls::Acceptor::new(&ep.config().tls) {
             Ok(c) => ep.tls.store(Arc::new(c)),
             Err(e) => {
                 warn!(error = %e, "CRL changed but cannot be used; keeping the previous one");

@@ -46,7 +46,7 @@ impl Endpoint {
             .filter(|s| s.common_name == common_name)
             .collect();
         same.sort_by_key(|s| s.started);
-        let keep = self.config.max_sessions_per_identity as usize - 1;
+        let keep = self.config().max_sessions_per_identity as usize - 1;
         let replaced: Vec<_> = same.iter().take(same.len().saturating_sub(keep)).collect();
         for s in &replaced {
             info!(connection_id = %s.connection_id, common_name = %untrusted(common_name),
@@ -71,11 +71,9 @@ impl Endpoint {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if self.sessions.len() >= self.config.max_connections as usize {
-            return Err(format!(
-                "the endpoint is at max_connections ({})",
-                self.config.max_connections
-            ));
+        let max = self.config().max_connections;
+        if self.sessions.len() >= max as usize {
+            return Err(format!("the endpoint is at max_connections ({max})"));
         }
         match self.leases().assign(common_name) {
             Some(address) => Ok(Admitted {
@@ -89,6 +87,10 @@ impl Endpoint {
     /// Registers an admitted client's session and logs its start; the
     /// admission ends here.
     pub fn start(&self, session: Arc<Session>, admitted: Admitted<'_>) {
+        session.routes_generation.store(
+            self.routes_generation(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.sessions.insert(session.clone());
         drop(admitted);
         self.log(&session.record(super::connlog::Event::Connected));
@@ -112,7 +114,7 @@ impl Endpoint {
     pub fn save_leases(&self) {
         let snapshot = self.leases().take_snapshot();
         if let Some(text) = snapshot
-            && let Err(e) = lease::save(&self.config.state_dir, &text)
+            && let Err(e) = lease::save(&self.config().state_dir, &text)
         {
             warn!(error = %e, "cannot save the lease table");
         }

@@ -43,7 +43,8 @@ impl Endpoint {
         };
         let c = &session.counters;
         Counters::add(&c.ingress_bytes, &c.ingress_packets, packet.len());
-        let unreachable = match policy.check(packet, session.address, session.groups) {
+        let groups = session.group_mask(policy);
+        let unreachable = match policy.check(packet, session.address, groups) {
             // A segmentation-offload packet is many segments behind one IP
             // header: the addresses judged are those of every segment.
             Verdict::Forward(_) if !hdr.is_sane(packet) => {

@@ -36,11 +36,19 @@ impl Link for Recorder {
 }
 
 fn endpoint(dir: &Path) -> (Endpoint, Seen) {
-    let store = Store::new(dir.join("pki"));
-    store.init("Test CA", 30, KeyType::EcdsaP256).unwrap();
-    let server = Request::Server { dns: &[], ips: &[] };
-    store.issue("gw", server, 30, None).unwrap();
-    let text = format!(
+    endpoint_with(dir, DEFAULT_RULES)
+}
+
+const DEFAULT_RULES: &str = r#"
+[[authorization_rules]]
+destination = "192.168.1.0/24"
+access_group = "eng"
+[[authorization_rules]]
+destination = "10.250.0.0/22"
+"#;
+
+fn config_text(dir: &Path, store: &Store, rules: &str) -> String {
+    format!(
         r#"
 listen = "127.0.0.1:4433"
 client_cidr = "10.250.0.0/22"
@@ -56,24 +64,30 @@ vpc_cidr = "192.168.0.0/16"
 [[routes]]
 destination = "10.250.0.0/22"
 target = "local"
-[[authorization_rules]]
-destination = "192.168.1.0/24"
-access_group = "eng"
-[[authorization_rules]]
-destination = "10.250.0.0/22"
+{rules}
 "#,
         state = dir.join("state").display(),
         cert = store.cert_path("gw").display(),
         key = store.key_path("gw").display(),
         ca = store.ca_cert_path().display(),
-    );
-    let config = Config::parse(&text, dir).unwrap();
+    )
+}
+
+fn endpoint_with(dir: &Path, rules: &str) -> (Endpoint, Seen) {
+    let store = Store::new(dir.join("pki"));
+    store.init("Test CA", 30, KeyType::EcdsaP256).unwrap();
+    let server = Request::Server { dns: &[], ips: &[] };
+    store.issue("gw", server, 30, None).unwrap();
+    let path = dir.join("endpoint.toml");
+    std::fs::write(&path, config_text(dir, &store, rules)).unwrap();
+    let config = Config::load(&path).unwrap();
     let policy = Policy::compile(&config).unwrap();
     let acceptor = Acceptor::new(&config.tls).unwrap();
     let leases = restore_leases(&config.state_dir, Pool::new(config.client_cidr));
     let inside = Seen::default();
     let ep = Endpoint::new(
         config,
+        Some(path),
         policy,
         acceptor,
         leases,
@@ -91,7 +105,7 @@ async fn session(ep: &Endpoint, cn: &str, groups: &[&str]) -> (Arc<Session>, See
         identity: Identity {
             common_name: cn.into(),
             serial: "01".into(),
-            groups: ep.policy.load().group_mask(&groups),
+            groups,
         },
         address: admitted.address,
         device: SocketAddr::from(([198, 18, 0, 2], 40000)),
@@ -189,4 +203,48 @@ async fn packets_from_the_inside_find_their_session_by_address() {
     ep.deliver(&ping(from, s.address));
     assert_eq!(seen.lock().unwrap().len(), 1);
     assert_eq!(ep.free_addresses(), free + 1);
+}
+
+#[tokio::test]
+async fn a_reload_keeps_each_sessions_groups_and_refuses_what_needs_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ep, inside) = endpoint(dir.path());
+    let (eng, _) = session(&ep, "alice", &["eng"]).await;
+    let target = Ipv4Addr::new(192, 168, 1, 20);
+    let ops_only = Ipv4Addr::new(192, 168, 2, 20);
+    let sent = |ep: &Endpoint, dst| {
+        let before = inside.lock().unwrap().len();
+        let policy = ep.policy.load();
+        ep.forward(&eng, &policy, &ping(eng.address, dst), &mut reply_buffer());
+        inside.lock().unwrap().len() > before
+    };
+    assert!(sent(&ep, target));
+    assert!(!sent(&ep, ops_only));
+
+    // A rule for a new group in front renumbers the groups: eng keeps
+    // eng's rights, and does not get ops'.
+    let store = Store::new(dir.path().join("pki"));
+    let rules = r#"
+[[authorization_rules]]
+destination = "192.168.2.0/24"
+access_group = "ops"
+[[authorization_rules]]
+destination = "192.168.1.0/24"
+access_group = "eng"
+"#;
+    let path = dir.path().join("endpoint.toml");
+    std::fs::write(&path, config_text(dir.path(), &store, rules)).unwrap();
+    assert_eq!(ep.reload().unwrap(), ["authorization_rules"]);
+    assert!(sent(&ep, target));
+    assert!(!sent(&ep, ops_only));
+
+    // Nothing of a refused file applies.
+    let cidr = config_text(dir.path(), &store, "").replace("10.250.0.0/22", "10.251.0.0/22");
+    std::fs::write(&path, cidr).unwrap();
+    let e = ep.reload().unwrap_err().to_string();
+    assert!(e.starts_with("needs a restart: client_cidr"), "{e}");
+    assert!(sent(&ep, target));
+    std::fs::write(&path, "client_cidr = 7").unwrap();
+    assert!(ep.reload().is_err());
+    assert!(sent(&ep, target));
 }

@@ -34,6 +34,12 @@ impl SourceRate {
         }
     }
 
+    /// Changes the rate (a reload); buckets keep their tokens.
+    pub fn set_rate(&mut self, rate: u32) {
+        self.rate = f64::from(rate.max(1));
+        self.burst = self.rate * 2.0;
+    }
+
     /// Whether a new handshake from `ip` at `now` is within its rate (and
     /// takes a token if so).
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {

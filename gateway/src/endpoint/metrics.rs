@@ -41,9 +41,21 @@ pub struct Tally {
     failed: AtomicU64,
     ended: AtomicU64,
     ended_traffic: [AtomicU64; 4],
+    reloads_applied: AtomicU64,
+    reloads_refused: AtomicU64,
 }
 
 impl Tally {
+    /// Counts one configuration reload, applied or refused.
+    pub fn count_reload(&self, applied: bool) {
+        let c = if applied {
+            &self.reloads_applied
+        } else {
+            &self.reloads_refused
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts one failed connection attempt.
     pub fn count_failed(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
@@ -153,6 +165,15 @@ pub fn render(s: &Snapshot) -> String {
         "tunnel_packets",
         "IP packets through client tunnels (ingress: from clients)",
         &[("direction", "ingress", ip), ("direction", "egress", ep)],
+    );
+    family(
+        &mut r,
+        "config_reloads",
+        "Configuration reloads (SIGHUP, cvpn-gw reload) by result",
+        &[
+            ("result", "applied", load(&s.tally.reloads_applied)),
+            ("result", "refused", load(&s.tally.reloads_refused)),
+        ],
     );
     let d = s.drops;
     family(

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod metrics;
 pub mod pool;
 pub mod registry;
+pub mod reload;
 pub mod session;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -88,8 +89,15 @@ pub struct Push {
 
 /// The endpoint: one per `cvpn-gw serve`.
 pub struct Endpoint {
-    /// The configuration it was started with.
-    pub config: Config,
+    /// The configuration in force (replaced whole by a reload).
+    config: ArcSwap<Config>,
+    /// Where the configuration is read from on a reload.
+    source: Option<std::path::PathBuf>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+    /// Bumped when what clients are pushed (routes, DNS, tunnel mode)
+    /// changes in a reload.
+    routes_generation: std::sync::atomic::AtomicU64,
     /// The compiled route table and authorization rules.
     pub policy: ArcSwap<Policy>,
     /// The TLS server side, replaced when the CRL changes.
@@ -114,11 +122,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// The endpoint with `config`'s compiled `policy`, its TLS side,
-    /// the lease table (restored or new), the open connection log and
-    /// the inside it forwards to.
+    /// The endpoint with `config` (read from `source`, if from a file),
+    /// its compiled `policy`, its TLS side, the lease table (restored or
+    /// new), the open connection log and the inside it forwards to.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: Config,
+        source: Option<std::path::PathBuf>,
         policy: Policy,
         acceptor: tls::Acceptor,
         leases: Leases,
@@ -139,13 +149,27 @@ impl Endpoint {
             failures: Mutex::new(FailureTally::default()),
             connlog,
             inside,
-            config,
+            config: ArcSwap::from_pointee(config),
+            source,
+            reloading: Mutex::new(()),
+            routes_generation: Default::default(),
         }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// The current route generation (see `Session::routes_generation`).
+    pub fn routes_generation(&self) -> u64 {
+        self.routes_generation
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What a client at `address` is told.
     pub fn push_for(&self, address: Ipv4Addr) -> Push {
-        let c = &self.config;
+        let c = self.config();
         Push {
             address,
             prefix_len: c.client_cidr.prefix_len(),

@@ -7,10 +7,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use super::connlog::{Event, Record, Traffic};
-use crate::policy::GroupMask;
+use crate::policy::{GroupMask, Policy};
 
 /// How packets for one client leave the gateway: framed into its stream,
 /// sealed into a datagram, whatever its protocol does. Called from the
@@ -80,8 +81,8 @@ pub struct Identity {
     pub common_name: String,
     /// The certificate's serial, as the CRL lists it (for revocation).
     pub serial: String,
-    /// The client's groups, as the policy knows them.
-    pub groups: GroupMask,
+    /// The certificate's groups (its Subject OU values).
+    pub groups: Vec<String>,
 }
 
 /// What the data path and the administrator know of a live session.
@@ -104,8 +105,13 @@ pub struct Session {
     pub udp: bool,
     /// Traffic so far.
     pub counters: Counters,
-    /// The client's groups, as the policy knows them.
-    pub groups: GroupMask,
+    /// The certificate's groups.
+    pub groups: Vec<String>,
+    /// Their mask under the policy of the generation it was computed for.
+    mask: ArcSwap<(u64, GroupMask)>,
+    /// The route generation the client was last told (OpenVPN clients
+    /// cannot take routes live: they are stale after a route change).
+    pub routes_generation: std::sync::atomic::AtomicU64,
     link: Arc<dyn Link>,
     end: Notify,
     end_reason: Mutex<Option<String>>,
@@ -144,10 +150,26 @@ impl Session {
             udp: n.udp,
             counters: Counters::default(),
             groups: n.identity.groups,
+            mask: ArcSwap::from_pointee((u64::MAX, GroupMask::default())),
+            routes_generation: Default::default(),
             link: n.link,
             end: Notify::new(),
             end_reason: Mutex::new(None),
         }
+    }
+
+    /// The session's groups as `policy` numbers them: cached per policy
+    /// generation, so a reload that numbers groups anew never lends a
+    /// session another group's rights.
+    #[inline]
+    pub fn group_mask(&self, policy: &Policy) -> GroupMask {
+        let cached = self.mask.load();
+        if cached.0 == policy.generation {
+            return cached.1;
+        }
+        let mask = policy.group_mask(&self.groups);
+        self.mask.store(Arc::new((policy.generation, mask)));
+        mask
     }
 
     /// Sends one packet (virtio-net header and IPv4 packet) to the

@@ -134,7 +134,7 @@ where
     // Under the admission lock: no other session takes the id before this
     // one is registered.
     let offered = udp.map(|u| {
-        DatagramPath::offer(ep.config.listen.port(), |id| u.cvpn.contains(id))
+        DatagramPath::offer(ep.config().listen.port(), |id| u.cvpn.contains(id))
             .map(|(path, offer)| (Arc::new(path), offer, u.clone()))
     });
     let (datagram, offer) = match offered {
@@ -155,7 +155,7 @@ where
         identity: Identity {
             common_name: who.identity.common_name.clone(),
             serial: who.identity.serial.clone(),
-            groups: ep.policy.load().group_mask(&who.identity.groups),
+            groups: who.identity.groups.clone(),
         },
         address: admitted.address,
         device: who.device,
@@ -183,7 +183,7 @@ where
         r = client_to_gateway(ep, &mut rd, rbuf, &session) => r,
         r = gateway_to_client(&mut wr, &link.outbox) => r,
         r = session.ended() => r,
-        _ = tokio::time::sleep(ep.config.session_timeout) => "session timeout".into(),
+        _ = tokio::time::sleep(ep.config().session_timeout) => "session timeout".into(),
     };
     link.outbox.close();
     if let Some((path, u)) = &datagram {

@@ -42,6 +42,9 @@ pub struct Policy {
     pub client_cidr: Ipv4Net,
     pub routes: RouteTable,
     pub rules: AuthRules,
+    /// Which compilation this is: group masks are only valid with the
+    /// policy of their generation (a reload numbers groups anew).
+    pub generation: u64,
 }
 
 impl Policy {
@@ -50,10 +53,11 @@ impl Policy {
             client_cidr: config.client_cidr,
             routes: RouteTable::compile(&config.routes),
             rules: AuthRules::compile(&config.rules)?,
+            generation: 0,
         })
     }
 
-    /// The compiled form of a client's groups, computed once per session.
+    /// The compiled form of a client's groups, valid with this policy.
     pub fn group_mask(&self, groups: &[String]) -> GroupMask {
         self.rules.mask_of(groups)
     }

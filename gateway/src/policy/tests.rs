@@ -107,6 +107,7 @@ fn policy() -> Policy {
         client_cidr: "10.250.0.0/22".parse().unwrap(),
         routes,
         rules,
+        generation: 0,
     }
 }
 

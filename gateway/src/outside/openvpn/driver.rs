@@ -107,7 +107,7 @@ pub async fn drive(
 fn session_deadline(ep: &Endpoint, s: &Session) -> Instant {
     let age = time::OffsetDateTime::now_utc() - s.started;
     let left = ep
-        .config
+        .config()
         .session_timeout
         .saturating_sub(age.try_into().unwrap_or_default());
     Instant::now() + left
@@ -242,7 +242,7 @@ impl Run<'_> {
             identity: Identity {
                 common_name: identity.common_name.clone(),
                 serial: identity.serial.clone(),
-                groups: ep.policy.load().group_mask(&identity.groups),
+                groups: identity.groups.clone(),
             },
             address: admitted.address,
             device: start.device,
