@@ -206,8 +206,24 @@ async fn session(
         },
         None => None,
     };
+    // Routes the endpoint changes while connected (after a reload).
+    let (routes_tx, mut routes_rx) = tokio::sync::watch::channel(None);
+    let (tun, mut editor) = setup.split();
+    let route_updates = async {
+        while routes_rx.changed().await.is_ok() {
+            let Some(routes) = routes_rx.borrow_and_update().clone() else {
+                continue;
+            };
+            match editor.apply(routes).await {
+                Ok(()) => eprintln!("cvpn-client: the endpoint changed its routes; routes updated"),
+                Err(e) => eprintln!("cvpn-client: cannot apply the endpoint's new routes: {e:#}"),
+            }
+        }
+        std::future::pending::<()>().await
+    };
     let outcome = tokio::select! {
-        r = tunnel::run(&mut stream, leftover, &setup.tun, keepalive, datagram.as_ref()) => Some(r),
+        r = tunnel::run(&mut stream, leftover, tun, keepalive, datagram.as_ref(), &routes_tx) => Some(r),
+        _ = route_updates => None,
         _ = signals.any() => None,
     };
     if outcome.is_none() {

@@ -16,11 +16,13 @@ use cvpn_proto::{
 };
 use cvpn_tundev::TunDevice;
 use ipnet::Ipv4Net;
+use rtnetlink::packet_route::route::RouteMessage;
 use rustls::ClientConfig;
 use rustls::client::ClientConnectionData;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, warn};
 
@@ -79,6 +81,7 @@ async fn open(profile: &Profile, remote: &Remote, config: Arc<ClientConfig>) -> 
                 os: std::env::consts::OS.to_string(),
                 client: format!("cvpn-client {}", env!("CARGO_PKG_VERSION")),
                 datagram: profile.datagram,
+                live_routes: true,
             }),
         )?;
         stream.write_all(&hello).await?;
@@ -161,10 +164,50 @@ pub async fn connect(profile: &Profile, config: Arc<ClientConfig>) -> Result<Con
 pub struct HostSetup {
     pub tun: TunDevice,
     netlink: Netlink,
-    routes: Vec<rtnetlink::packet_route::route::RouteMessage>,
+    /// Pinned paths and IPv6 blocks (full tunnel).
+    routes: Vec<RouteMessage>,
+    /// The routes into the tunnel, by destination.
+    tunnel_routes: Vec<(Ipv4Net, RouteMessage)>,
     dns: Dns,
     /// What this set-up was made for.
     made_for: SetupFor,
+}
+
+/// What a session may change of the host set-up while it runs: the
+/// routes into the tunnel.
+pub struct RouteEditor<'a> {
+    netlink: &'a Netlink,
+    tunnel_routes: &'a mut Vec<(Ipv4Net, RouteMessage)>,
+    made_for: &'a mut SetupFor,
+}
+
+impl RouteEditor<'_> {
+    /// Makes the tunnel's routes exactly `routes` (a split tunnel's, as
+    /// the endpoint pushed them while connected): removes the ones gone,
+    /// adds the new ones.
+    pub async fn apply(&mut self, routes: Vec<Ipv4Net>) -> Result<()> {
+        if self.made_for.full_tunnel {
+            return Ok(());
+        }
+        let want = routes::tunnel_destinations(&routes, false);
+        let mut kept = Vec::new();
+        for (dest, msg) in self.tunnel_routes.drain(..) {
+            if want.contains(&dest) {
+                kept.push((dest, msg));
+            } else if let Err(e) = self.netlink.remove(msg).await {
+                warn!("removing route {dest}: {e}");
+            }
+        }
+        let index = self.netlink.link_index(TUN_NAME).await?;
+        for dest in want {
+            if !kept.iter().any(|(d, _)| *d == dest) {
+                kept.push((dest, self.netlink.add(dest, index, None).await?));
+            }
+        }
+        *self.tunnel_routes = kept;
+        self.made_for.routes = routes;
+        Ok(())
+    }
 }
 
 /// The parts of a pushed configuration the host set-up depends on, and
@@ -220,6 +263,7 @@ impl HostSetup {
             tun,
             netlink,
             routes: Vec::new(),
+            tunnel_routes: Vec::new(),
             dns: Dns::None,
             made_for: SetupFor::of(c),
         };
@@ -254,7 +298,8 @@ impl HostSetup {
             self.routes.extend(self.netlink.block_ipv6().await?);
         }
         for dest in routes::tunnel_destinations(&cfg.routes, cfg.full_tunnel) {
-            self.routes.push(self.netlink.add(dest, index, None).await?);
+            let msg = self.netlink.add(dest, index, None).await?;
+            self.tunnel_routes.push((dest, msg));
         }
         self.dns = dns::apply(
             &cfg.dns_servers,
@@ -264,11 +309,28 @@ impl HostSetup {
         Ok(())
     }
 
+    /// The tun device, and what may change while a session runs.
+    pub fn split(&mut self) -> (&TunDevice, RouteEditor<'_>) {
+        (
+            &self.tun,
+            RouteEditor {
+                netlink: &self.netlink,
+                tunnel_routes: &mut self.tunnel_routes,
+                made_for: &mut self.made_for,
+            },
+        )
+    }
+
     pub async fn teardown(mut self) {
         if let Err(e) = std::mem::replace(&mut self.dns, Dns::None).undo() {
             warn!("restoring DNS: {e}");
         }
-        for r in self.routes.drain(..).rev() {
+        let tunnel = self
+            .tunnel_routes
+            .drain(..)
+            .map(|(_, m)| m)
+            .collect::<Vec<_>>();
+        for r in tunnel.into_iter().chain(self.routes.drain(..).rev()) {
             if let Err(e) = self.netlink.remove(r).await {
                 debug!("removing a route: {e}");
             }
@@ -297,6 +359,7 @@ pub async fn run<S>(
     tun: &TunDevice,
     keepalive: Duration,
     datagram: Option<&Channel>,
+    routes: &watch::Sender<Option<Vec<Ipv4Net>>>,
 ) -> Result<String>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -310,7 +373,7 @@ where
         }
     };
     tokio::select! {
-        r = endpoint_to_tun(&mut rd, leftover, tun, idle) => r,
+        r = endpoint_to_tun(&mut rd, leftover, tun, idle, routes) => r,
         r = tun_to_endpoint(&mut wr, tun, keepalive, datagram) => r,
         r = datagrams => r,
     }
@@ -321,6 +384,7 @@ async fn endpoint_to_tun<R: AsyncRead + Unpin>(
     mut buf: BytesMut,
     tun: &TunDevice,
     idle: Duration,
+    routes: &watch::Sender<Option<Vec<Ipv4Net>>>,
 ) -> Result<String> {
     // One timer, pushed back before each read: cheaper than one per read.
     let deadline = tokio::time::sleep(idle);
@@ -339,6 +403,11 @@ async fn endpoint_to_tun<R: AsyncRead + Unpin>(
                     Control::Keepalive => {}
                     Control::Disconnect { reason } => {
                         return Ok(format!("the endpoint ended the session: {reason}"));
+                    }
+                    // Applied by the session beside this loop; a newer
+                    // list replaces one not yet applied.
+                    Control::Routes { routes: r } => {
+                        routes.send_replace(Some(r));
                     }
                     other => debug!("ignoring {other:?}"),
                 },

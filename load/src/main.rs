@@ -144,6 +144,7 @@ async fn handshake(
             os: "load".into(),
             client: "cvpn-load".into(),
             datagram: false,
+            live_routes: false,
         }),
     )?;
     tls.write_all(&out).await?;

@@ -20,6 +20,9 @@ pub struct ClientHello {
     /// channel if the endpoint offers it.
     #[serde(default)]
     pub datagram: bool,
+    /// The client takes `routes` messages: route changes while connected.
+    #[serde(default)]
+    pub live_routes: bool,
 }
 
 /// What the endpoint tells a client once it is admitted. Not `Clone`: the
@@ -52,7 +55,15 @@ pub enum Control {
     Hello(ClientHello),
     Config(EndpointConfig),
     Keepalive,
-    Disconnect { reason: String },
+    Disconnect {
+        reason: String,
+    },
+    /// The endpoint's route table changed: the destinations to route
+    /// through the tunnel now (split tunnel; only to clients that said
+    /// `live_routes`).
+    Routes {
+        routes: Vec<Ipv4Net>,
+    },
 }
 
 impl Control {

@@ -117,3 +117,59 @@ fn rules_change_live_and_groups_keep_their_meaning() {
     let v = tb.connections();
     assert_eq!(v["connections"][0]["connection-id"], id, "{v}");
 }
+
+const ROUTED: &str = "[[routes]]\ndestination = \"10.20.0.0/16\"\ntarget = \"tn-a\"\n";
+
+#[test]
+fn a_new_route_reaches_connected_clients_without_a_reconnect() {
+    let tb = Testbed::new("reload-rt", 2);
+    let rules = "[[authorization_rules]]\ndestination = \"0.0.0.0/0\"\n";
+    // Start without the routed network.
+    let config = tb.write_config("", rules);
+    let without = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(ROUTED, "");
+    std::fs::write(&config, &without).unwrap();
+    let _gw = tb.start_gateway(&config);
+    let profile = tb.client_profile("carol", &[], 0);
+    let mut client = tb.connect(0, &profile);
+    let dave = tb.client_profile("dave", &[], 1);
+    let mut cmd = cvpn_e2e::netns::in_ns(&tb.clients[1], std::path::Path::new("openvpn"));
+    cmd.arg("--config").arg(&dave);
+    let mut ovpn = cvpn_e2e::netns::Proc::spawn("openvpn", cmd);
+    ovpn.wait_for("Initialization Sequence Completed", 30);
+    let c = &tb.clients[0];
+    let (reached, _) = ping(c, PEERED);
+    assert!(!reached, "no route yet");
+    let before = tb.connections();
+
+    tb.write_config("", rules);
+    let out = ok(&mut reload(&tb));
+    assert!(out.contains("routes"), "{out}");
+    client.wait_for("routes updated", 5);
+    let routes = cvpn_e2e::netns::sh_ok(c, "ip -4 route show proto 179");
+    assert!(routes.contains("10.20.0.0/16 dev cvpn0"), "{routes}");
+    reaches(c, PEERED);
+
+    // Same sessions; the OpenVPN client, which cannot take routes while
+    // connected, is marked as having stale ones.
+    let after = tb.connections();
+    let by_cn = |v: &serde_json::Value, cn: &str| {
+        v["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["common-name"] == cn)
+            .cloned()
+            .unwrap()
+    };
+    for cn in ["carol", "dave"] {
+        assert_eq!(
+            by_cn(&before, cn)["connection-id"],
+            by_cn(&after, cn)["connection-id"]
+        );
+    }
+    assert_eq!(by_cn(&after, "carol")["stale-routes"], false, "{after}");
+    assert_eq!(by_cn(&after, "dave")["stale-routes"], true, "{after}");
+    ovpn.stop();
+}

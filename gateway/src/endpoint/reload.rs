@@ -57,6 +57,17 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     keys
 }
 
+/// What clients are told of routing: full tunnel, the routes of a split
+/// tunnel, DNS servers.
+fn pushed(c: &Config) -> (bool, Vec<ipnet::Ipv4Net>, Vec<std::net::Ipv4Addr>) {
+    let routes = if c.split_tunnel {
+        c.routes.iter().map(|r| r.destination).collect()
+    } else {
+        Vec::new()
+    };
+    (!c.split_tunnel, routes, c.dns_servers.clone())
+}
+
 /// The keys that differ and apply live.
 fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut keys = Vec::new();
@@ -120,15 +131,25 @@ impl Endpoint {
             .map_err(|e| ReloadError::Invalid(format!("authorization_rules: {e}")))?;
         policy.generation = self.policy.load().generation + 1;
         let changed = changed_keys(&old, &new);
-        let pushed = ["routes", "split_tunnel", "dns_servers"];
-        if changed.iter().any(|k| pushed.contains(k)) {
-            self.routes_generation.fetch_add(1, Ordering::Relaxed);
-        }
+        let (before, after) = (pushed(&old), pushed(&new));
         drop(old);
         // The policy goes in with the configuration it was compiled
         // from; each session's group mask follows the policy's generation.
         self.config.store(Arc::new(new));
         self.policy.store(Arc::new(policy));
+        if before != after {
+            let generation = self.routes_generation.fetch_add(1, Ordering::Relaxed) + 1;
+            // Only the route list of a split tunnel can change live.
+            if before.0 == after.0 && before.2 == after.2 && !after.0 {
+                let taken = self
+                    .sessions
+                    .all()
+                    .iter()
+                    .filter(|s| s.update_routes(&after.1, generation))
+                    .count();
+                info!(sessions = taken, "new routes pushed to connected clients");
+            }
+        }
         if let Ok(mut rate) = self.source_rate.lock() {
             rate.set_rate(self.config().handshake_rate_per_source);
         }

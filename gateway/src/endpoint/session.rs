@@ -21,6 +21,13 @@ pub trait Link: Send + Sync {
     /// an IPv4 packet (possibly a segmentation-offload train). False: it
     /// was dropped (queue full, session closing).
     fn send(&self, packet: &[u8]) -> bool;
+
+    /// Tells the client its new split-tunnel routes, if its protocol and
+    /// software take them while connected. False: it keeps the old ones
+    /// until it reconnects.
+    fn update_routes(&self, _routes: &[ipnet::Ipv4Net]) -> bool {
+        false
+    }
 }
 
 /// The wire protocol a session speaks.
@@ -186,6 +193,16 @@ impl Session {
             );
         }
         sent
+    }
+
+    /// Tells the client its new routes (see `Link::update_routes`); if it
+    /// takes them, it is up to date with route generation `generation`.
+    pub fn update_routes(&self, routes: &[ipnet::Ipv4Net], generation: u64) -> bool {
+        let taken = self.link.update_routes(routes);
+        if taken {
+            self.routes_generation.store(generation, Ordering::Relaxed);
+        }
+        taken
     }
 
     /// A connection-log record of this session.

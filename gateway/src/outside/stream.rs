@@ -41,6 +41,8 @@ const SHRINK_AFTER: Duration = Duration::from_secs(2);
 struct CvpnLink {
     outbox: Outbox,
     datagram: Option<(Arc<DatagramPath>, Arc<std::net::UdpSocket>)>,
+    /// The client said it takes route changes while connected.
+    live_routes: bool,
 }
 
 impl Link for CvpnLink {
@@ -52,6 +54,15 @@ impl Link for CvpnLink {
             return true;
         }
         self.outbox.push_packet(packet)
+    }
+
+    fn update_routes(&self, routes: &[ipnet::Ipv4Net]) -> bool {
+        if self.live_routes {
+            self.outbox.push_control(&Control::Routes {
+                routes: routes.to_vec(),
+            });
+        }
+        self.live_routes
     }
 }
 
@@ -150,6 +161,7 @@ where
         datagram: datagram
             .as_ref()
             .map(|(path, u)| (path.clone(), u.socket.clone())),
+        live_routes: hello.live_routes,
     });
     let session = Arc::new(Session::new(NewSession {
         identity: Identity {

@@ -134,6 +134,7 @@ mod tests {
             os: "linux".into(),
             client: "test".into(),
             datagram: true,
+            live_routes: true,
         };
         let b = control(&Control::Hello(h.clone()));
         assert_eq!(hello(&b[..b.len() - 1]), Ok(None));
