@@ -54,6 +54,13 @@ pub fn check(path: &Path) -> Result<()> {
         CrlHealth::Absent => eprintln!("WARNING: {}", CrlHealth::Absent),
         expired => bail!("{expired}"),
     }
+    for t in config.target_networks.iter().filter(|t| !t.snat) {
+        eprintln!(
+            "WARNING: target network {} has snat = false: its hosts see client addresses \
+             and need a route back to {} through the gateway's address on {}",
+            t.id, config.client_cidr, t.interface
+        );
+    }
     println!("{}: valid", path.display());
     println!(
         "client_cidr {}  split_tunnel {}  listen {}",
