@@ -1,6 +1,7 @@
 //! `cvpn-client connect profile.ovpnx [--once]`.
 
 mod datagram;
+mod setup;
 mod tls;
 mod tunnel;
 
@@ -15,7 +16,9 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::warn;
 
 use crate::datagram::Channel;
-use crate::tunnel::{Connected, HostSetup};
+use crate::setup::HostSetup;
+use crate::tunnel::Connected;
+use cvpn_client::netsetup::routes::Netlink;
 
 #[derive(Parser)]
 #[command(name = "cvpn-client", version, about = "Connect to a cvpn endpoint")]
@@ -91,7 +94,7 @@ async fn connect(path: &Path, once: bool) -> Result<()> {
     };
     let profile = load_profile(path)?;
     let tls = tls::client_config(&profile).with_context(|| path.display().to_string())?;
-    tunnel::clear_stale()
+    setup::clear_stale()
         .await
         .context("clearing what a previous run left")?;
     // Kept across reconnections; removed only here, when the client exits.
@@ -206,30 +209,70 @@ async fn session(
         },
         None => None,
     };
-    // Routes the endpoint changes while connected (after a reload).
+    // Routes the endpoint changes while connected (after a reload), and
+    // client route enforcement: on every change of the routing table
+    // (netlink) and at least every second.
     let (routes_tx, mut routes_rx) = tokio::sync::watch::channel(None);
     let (tun, mut editor) = setup.split();
-    let route_updates = async {
-        while routes_rx.changed().await.is_ok() {
-            let Some(routes) = routes_rx.borrow_and_update().clone() else {
-                continue;
-            };
-            match editor.apply(routes).await {
-                Ok(()) => eprintln!("cvpn-client: the endpoint changed its routes; routes updated"),
-                Err(e) => eprintln!("cvpn-client: cannot apply the endpoint's new routes: {e:#}"),
+    let route_work = async {
+        let (_watch, mut changes) = match Netlink::watch() {
+            Ok((nl, stream)) => (Some(nl), Some(stream)),
+            Err(e) => {
+                eprintln!(
+                    "cvpn-client: not watching the routing table ({e}); checking every second"
+                );
+                (None, None)
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut updates_open = true;
+        loop {
+            tokio::select! {
+                r = routes_rx.changed(), if updates_open => {
+                    updates_open = r.is_ok();
+                    let new = routes_rx.borrow_and_update().clone();
+                    if let Some(routes) = new {
+                        match editor.apply(routes).await {
+                            Ok(()) => eprintln!("cvpn-client: the endpoint changed its routes; routes updated"),
+                            Err(e) => eprintln!("cvpn-client: cannot apply the endpoint's new routes: {e:#}"),
+                        }
+                    }
+                }
+                _ = next_change(&mut changes) => {}
+                _ = tick.tick() => {}
+            }
+            match editor.enforce().await {
+                Ok(done) => {
+                    for d in done {
+                        eprintln!("cvpn-client: route enforcement: {d}");
+                    }
+                }
+                Err(e) => tracing::debug!("route enforcement: {e:#}"),
             }
         }
-        std::future::pending::<()>().await
     };
     let outcome = tokio::select! {
         r = tunnel::run(&mut stream, leftover, tun, keepalive, datagram.as_ref(), &routes_tx) => Some(r),
-        _ = route_updates => None,
+        () = route_work => None,
         _ = signals.any() => None,
     };
     if outcome.is_none() {
         tunnel::say_goodbye(&mut stream, "client exiting").await;
     }
     Ok(outcome)
+}
+
+/// Resolves on the next routing table change, never without a watch.
+async fn next_change<S: futures::Stream + Unpin>(changes: &mut Option<S>) {
+    use futures::StreamExt;
+    match changes {
+        Some(s) => {
+            if s.next().await.is_none() {
+                *changes = None;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 fn print_status(c: &Connected) {

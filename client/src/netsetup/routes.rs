@@ -185,6 +185,97 @@ impl Netlink {
     }
 }
 
+/// A route of the main IPv4 table, as route enforcement looks at it.
+pub struct TableRoute {
+    /// Its destination.
+    pub dest: Ipv4Net,
+    /// Its output interface, if it has one.
+    pub oif: Option<u32>,
+    /// The route itself (to delete it).
+    pub msg: RouteMessage,
+}
+
+/// The netlink groups of IPv4 route changes.
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+/// The main routing table.
+const RT_TABLE_MAIN: u8 = 254;
+
+impl Netlink {
+    /// The unicast routes of the main IPv4 table.
+    pub async fn main_routes(&self) -> Result<Vec<TableRoute>, RouteError> {
+        let all: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await?;
+        Ok(all
+            .into_iter()
+            .filter(|r| r.header.table == RT_TABLE_MAIN && r.header.kind == RouteType::Unicast)
+            .filter_map(|msg| {
+                let mut dest = Ipv4Addr::UNSPECIFIED;
+                let mut oif = None;
+                for a in &msg.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(d)) => dest = *d,
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        _ => {}
+                    }
+                }
+                let dest = Ipv4Net::new(dest, msg.header.destination_prefix_length).ok()?;
+                Some(TableRoute { dest, oif, msg })
+            })
+            .collect())
+    }
+
+    /// A connection subscribed to IPv4 route changes, and a stream that
+    /// yields one item per change.
+    pub fn watch() -> Result<(Netlink, impl futures::Stream + Unpin), RouteError> {
+        use rtnetlink::sys::AsyncSocket;
+        let (mut conn, handle, messages) =
+            rtnetlink::new_connection().map_err(RouteError::Socket)?;
+        conn.socket_mut()
+            .socket_mut()
+            .bind(&rtnetlink::sys::SocketAddr::new(0, RTMGRP_IPV4_ROUTE))
+            .map_err(RouteError::Socket)?;
+        let nl = Netlink {
+            handle,
+            task: tokio::spawn(conn),
+        };
+        Ok((nl, messages))
+    }
+}
+
+/// What route enforcement must do to the table so that every pushed
+/// destination goes through the tunnel (interface `tun`): the pushed
+/// destinations without their route, and the indices of routes that take
+/// a pushed destination or part of it through another interface (as
+/// specific as it or more).
+pub fn enforcement(
+    pushed: &[Ipv4Net],
+    tun: u32,
+    table: &[(Ipv4Net, Option<u32>)],
+) -> (Vec<Ipv4Net>, Vec<usize>) {
+    let missing = pushed
+        .iter()
+        .filter(|d| !table.iter().any(|(t, oif)| t == *d && *oif == Some(tun)))
+        .copied()
+        .collect();
+    let conflicting = table
+        .iter()
+        .enumerate()
+        .filter(|(_, (t, oif))| {
+            *oif != Some(tun)
+                && pushed
+                    .iter()
+                    .any(|d| t.prefix_len() >= d.prefix_len() && d.contains(t))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    (missing, conflicting)
+}
+
 /// Destinations of the routes a client installs through the tunnel.
 pub fn tunnel_destinations(routes: &[Ipv4Net], full_tunnel: bool) -> Vec<Ipv4Net> {
     if full_tunnel {
@@ -223,5 +314,28 @@ mod tests {
         );
         let d = tunnel_destinations(&["10.0.0.0/8".parse().unwrap()], false);
         assert_eq!(d, vec!["10.0.0.0/8".parse::<Ipv4Net>().unwrap()]);
+    }
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn enforcement_finds_removed_and_overriding_routes() {
+        let pushed = [net("192.168.1.0/24"), net("10.20.0.0/16")];
+        let table = [
+            (net("0.0.0.0/0"), Some(2)),
+            (net("198.18.0.0/24"), Some(2)),
+            (net("192.168.1.0/24"), Some(9)),
+            (net("192.168.1.0/25"), Some(2)),
+            (net("10.20.5.0/24"), Some(9)),
+            (net("10.20.0.0/16"), Some(2)),
+        ];
+        let (missing, conflicting) = enforcement(&pushed, 9, &table);
+        // 10.20.0.0/16 exists but through another device: missing, and it
+        // conflicts, as does a more specific route through another
+        // device; one through the tunnel does not, nor anything outside.
+        assert_eq!(missing, [net("10.20.0.0/16")]);
+        assert_eq!(conflicting, [3, 5]);
     }
 }
