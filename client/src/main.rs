@@ -23,14 +23,27 @@ use cvpn_client::netsetup::routes::Netlink;
 #[derive(Parser)]
 #[command(name = "cvpn-client", version, about = "Connect to a cvpn endpoint")]
 struct Cli {
+    /// How the client logs on standard error
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// A log format.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines
+    Text,
+    /// One JSON object per line (tracing's JSON format)
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Connect with a profile; stays connected until interrupted
     Connect {
+        /// The profile (OpenVPN syntax) `cvpn-gw export-profile` wrote
         profile: PathBuf,
         /// Exit when the connection ends or fails instead of reconnecting
         #[arg(long)]
@@ -39,14 +52,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let Command::Connect { profile, once } = Cli::parse().command;
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let Command::Connect { profile, once } = cli.command;
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

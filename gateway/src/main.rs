@@ -18,34 +18,51 @@ use serde_json::json;
     about = "cvpn endpoint: mutual-TLS client VPN gateway"
 )]
 struct Cli {
+    /// How the gateway logs on standard error
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// A log format.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines
+    Text,
+    /// One JSON object per line (tracing's JSON format)
+    Json,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the endpoint
     Serve {
+        /// The endpoint's configuration file (TOML)
         #[arg(long)]
         config: PathBuf,
     },
     /// Validate the configuration; print the effective route table and rules
     Check {
+        /// The endpoint's configuration file (TOML)
         #[arg(long)]
         config: PathBuf,
     },
     /// Write a client profile with the CA, certificate and key inline
     ExportProfile {
+        /// The endpoint's configuration file (TOML)
         #[arg(long)]
         config: PathBuf,
+        /// The cvpn-pki directory holding the client's certificate and key
         #[arg(long)]
         pki: PathBuf,
+        /// The client's certificate name
         #[arg(long)]
         client: String,
         /// HOST:PORT clients connect to (default: the listen address)
         #[arg(long)]
         remote: Option<String>,
-        /// Default: standard output
+        /// The profile file to write, mode 0600 (default: standard output)
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -58,8 +75,10 @@ enum Command {
     },
     /// List the live connections
     Connections {
+        /// The endpoint's control socket
         #[arg(long, default_value = cvpn_gw::config::DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
+        /// The sessions and drop counters as JSON
         #[arg(long)]
         json: bool,
     },
@@ -72,24 +91,32 @@ enum Command {
     },
     /// End connections, by id or by certificate common name
     Terminate {
+        /// The endpoint's control socket
         #[arg(long, default_value = cvpn_gw::config::DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
+        /// The session's connection id
         #[arg(long, conflicts_with = "cn", required_unless_present = "cn")]
         connection_id: Option<String>,
+        /// Every session of this certificate common name
         #[arg(long)]
         cn: Option<String>,
     },
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match run(Cli::parse()) {
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cvpn-gw: error: {e:#}");

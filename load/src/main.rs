@@ -44,8 +44,10 @@ struct Args {
     /// CA directory holding PREFIX-1 .. PREFIX-COUNT (`cvpn-pki issue client PREFIX --count N`)
     #[arg(long)]
     pki: PathBuf,
+    /// Certificate names are PREFIX-1 .. PREFIX-COUNT
     #[arg(long, default_value = "load")]
     prefix: String,
+    /// Sessions to open
     #[arg(long)]
     count: usize,
     /// Handshakes in flight at once
@@ -60,6 +62,7 @@ struct Args {
     /// The gateway's pid, to report its resident memory per idle session
     #[arg(long)]
     gateway_pid: Option<u32>,
+    /// The report as one JSON object
     #[arg(long)]
     json: bool,
 }

@@ -34,10 +34,13 @@ struct Cli {
 enum Command {
     /// Create a CA (certificate, key, empty CRL) in a new or empty directory
     Init {
+        /// The CA certificate's common name
         #[arg(long, default_value = "cvpn CA")]
         cn: String,
+        /// Validity of the CA certificate in days
         #[arg(long, default_value_t = DEFAULT_CA_DAYS)]
         days: u32,
+        /// ecdsa-p256, ed25519 or rsa-2048
         #[arg(long, default_value = "ecdsa-p256")]
         key_type: KeyType,
     },
@@ -47,7 +50,10 @@ enum Command {
         what: IssueKind,
     },
     /// Revoke NAME's certificate and publish a new CRL
-    Revoke { name: String },
+    Revoke {
+        /// The certificate's name
+        name: String,
+    },
     /// Re-sign the CRL
     Crl {
         /// Validity in days (default: as last chosen, initially 180)
@@ -56,22 +62,30 @@ enum Command {
     },
     /// List issued certificates and the CRL's next update
     List {
+        /// One JSON document instead of a table
         #[arg(long)]
         json: bool,
     },
     /// Show one certificate
-    Show { name: String },
+    Show {
+        /// The certificate's name
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum IssueKind {
     /// serverAuth; NAME is a DNS SAN
     Server {
+        /// The server's name: CN and first DNS SAN
         name: String,
+        /// Another DNS SAN (repeatable)
         #[arg(long = "dns")]
         dns: Vec<String>,
+        /// An IP SAN (repeatable)
         #[arg(long = "ip")]
         ip: Vec<IpAddr>,
+        /// Validity in days
         #[arg(long, default_value_t = DEFAULT_SERVER_DAYS)]
         days: u32,
         /// Default: the CA's key type
@@ -80,12 +94,15 @@ enum IssueKind {
     },
     /// clientAuth; CN = NAME, one Subject OU per group
     Client {
+        /// The client's name: the certificate's CN
         name: String,
+        /// A group, as a Subject OU (repeatable)
         #[arg(long = "group")]
         group: Vec<String>,
         /// Issue NAME-1 .. NAME-COUNT in one go (for load tests)
         #[arg(long)]
         count: Option<u32>,
+        /// Validity in days
         #[arg(long, default_value_t = DEFAULT_CLIENT_DAYS)]
         days: u32,
         /// Default: the CA's key type
