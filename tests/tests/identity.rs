@@ -2,6 +2,7 @@
 //! by the gateway (which logs why it refuses) and by the client (which
 //! refuses a gateway with the wrong name). Revocation ends live sessions.
 
+use cvpn_e2e::checks::connection_log;
 use cvpn_e2e::netns::sh;
 use cvpn_e2e::testbed::Testbed;
 use cvpn_e2e::{Pki, ok};
@@ -20,14 +21,6 @@ fn refused(tb: &Testbed, profile: &std::path::Path) -> String {
     let code = client.wait(30).expect("client did not give up");
     assert_ne!(code, 0, "client connected: {}", client.output());
     client.output()
-}
-
-fn connection_log(tb: &Testbed) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(tb.connection_log())
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use cvpn_e2e::checks::{connection_log, denied, ping};
 use cvpn_e2e::netns::{Proc, in_ns, sh_ok};
 use cvpn_e2e::testbed::{ENI, TARGET, Testbed};
 
@@ -138,25 +139,6 @@ fn openvpn_over_udp_full_tunnel() {
     client.stop();
 }
 
-/// Pings once; returns (answered, output).
-fn ping(ns: &str, dst: &str) -> (bool, String) {
-    let out = cvpn_e2e::netns::sh(ns, &format!("ping -n -c 1 -W 5 {dst} 2>&1"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-/// Refused at once with ICMP administratively prohibited from the
-/// gateway, as a cvpn-client is.
-fn denied(ns: &str, dst: &str) {
-    let (ok, out) = ping(ns, dst);
-    assert!(
-        !ok && out.contains("From 10.250.0.1") && out.contains("Packet filtered"),
-        "{ns} -> {dst} should be denied: {out}"
-    );
-}
-
 const GROUPS_AND_LOCAL: &str = r#"
 [[routes]]
 destination = "10.250.0.0/22"
@@ -204,14 +186,6 @@ fn openvpn_and_cvpn_clients_share_the_pool_the_policy_and_each_other() {
         .collect();
     kinds.sort();
     assert_eq!(kinds, ["cvpn", "openvpn"], "{v}");
-}
-
-fn connection_log(tb: &Testbed) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(tb.connection_log())
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! as the managed service documents them, ICMP answers for refused
 //! packets, anti-spoofing, and no connections opened toward clients.
 
+use cvpn_e2e::checks::{denied, ping, reaches};
 use cvpn_e2e::netns::{Proc, in_ns, sh, sh_ok};
 use cvpn_e2e::testbed::{PEERED, PEERED_ROUTER, ROUTER, TARGET, Testbed};
 
@@ -29,30 +30,6 @@ access_group = "dev"
 destination = "192.168.1.254/32"
 access_group = "mgr"
 "#;
-
-/// Pings once; returns (answered, output).
-fn ping(ns: &str, dst: &str) -> (bool, String) {
-    let out = sh(ns, &format!("ping -n -c 1 -W 5 {dst} 2>&1"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-fn reaches(ns: &str, dst: &str) {
-    let (ok, out) = ping(ns, dst);
-    assert!(ok, "{ns} should reach {dst}: {out}");
-}
-
-/// Refused with ICMP communication administratively prohibited, which
-/// ping reports as "Packet filtered" at once.
-fn denied(ns: &str, dst: &str) {
-    let (ok, out) = ping(ns, dst);
-    assert!(
-        !ok && out.contains("From 10.250.0.1") && out.contains("Packet filtered"),
-        "{ns} -> {dst} should be denied: {out}"
-    );
-}
 
 fn unrouted(ns: &str, dst: &str) {
     let (ok, out) = ping(ns, dst);

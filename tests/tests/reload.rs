@@ -2,31 +2,9 @@
 //! to open sessions at once, refuse an invalid file or a change that needs
 //! a restart, and keep each session's groups meaning the same groups.
 
-use cvpn_e2e::netns::sh;
+use cvpn_e2e::checks::{denied, ping, reaches};
 use cvpn_e2e::testbed::{PEERED, TARGET, Testbed};
 use cvpn_e2e::{bin, fails, ok};
-
-/// Pings once; whether it was answered, and what ping printed.
-fn ping(ns: &str, dst: &str) -> (bool, String) {
-    let out = sh(ns, &format!("ping -n -c 1 -W 3 {dst} 2>&1"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-fn reaches(ns: &str, dst: &str) {
-    let (ok, out) = ping(ns, dst);
-    assert!(ok, "{ns} should reach {dst}: {out}");
-}
-
-fn denied(ns: &str, dst: &str) {
-    let (ok, out) = ping(ns, dst);
-    assert!(
-        !ok && out.contains("Packet filtered"),
-        "{ns} -> {dst} should be denied: {out}"
-    );
-}
 
 fn reload(tb: &Testbed) -> std::process::Command {
     let mut c = std::process::Command::new(bin("cvpn-gw"));
