@@ -65,12 +65,26 @@ async fn answer(ep: &Endpoint, stream: TcpStream) -> std::io::Result<()> {
 }
 
 fn body(ep: &Endpoint) -> String {
-    let active: Vec<_> = ep.sessions.all().iter().map(|s| s.traffic()).collect();
+    let active: Vec<_> = ep
+        .sessions
+        .all()
+        .iter()
+        .map(|s| (s.protocol, s.traffic()))
+        .collect();
     let free = ep.free_addresses();
     metrics::render(&Snapshot {
         tally: &ep.tally,
         drops: &ep.drops,
         active: &active,
         free_addresses: u64::from(free),
+        crl_seconds_to_expiry: crl_seconds_to_expiry(ep),
     })
+}
+
+/// Seconds until the configured CRL's next update, read from its file.
+fn crl_seconds_to_expiry(ep: &Endpoint) -> Option<i64> {
+    let path = ep.config().tls.crl.clone()?;
+    let der = crate::tls::load_crl(&path).ok()?;
+    let next = cvpn_pki::check_crl(der.as_ref(), &[]).ok()?.next_update?;
+    Some((next - time::OffsetDateTime::now_utc()).whole_seconds())
 }

@@ -32,7 +32,12 @@ fn metrics_follow_sessions_traffic_and_drops() {
     let _gw = tb.start_gateway(&config);
     let before = http(&tb.gateway, "GET /metrics HTTP/1.1");
     assert!(before.starts_with("HTTP/1.1 200 OK"), "{before}");
-    assert_eq!(sample(&before, "cvpn_sessions_active"), 0);
+    assert_eq!(
+        sample(&before, "cvpn_active_connections{protocol=\"cvpn\"}"),
+        0
+    );
+    // The testbed's CRL is good for months.
+    assert!(sample(&before, "cvpn_crl_seconds_to_expiry") > 86_400);
     assert_eq!(sample(&before, "cvpn_client_addresses_free"), 1021);
 
     let profile = tb.client_profile("alice", &[], 0);
@@ -43,7 +48,11 @@ fn metrics_follow_sessions_traffic_and_drops() {
     // Not authorized: answered by the gateway, counted as a drop.
     let _ = sh(c, &format!("ping -n -c 1 -W 2 {PEERED}"));
     let during = http(&tb.gateway, "GET /metrics HTTP/1.1");
-    assert_eq!(sample(&during, "cvpn_sessions_active"), 1);
+    assert_eq!(
+        sample(&during, "cvpn_active_connections{protocol=\"cvpn\"}"),
+        1
+    );
+    assert_eq!(sample(&during, "cvpn_handshake_duration_seconds_count"), 1);
     assert_eq!(sample(&during, "cvpn_client_addresses_free"), 1020);
     assert_eq!(
         sample(
@@ -52,9 +61,9 @@ fn metrics_follow_sessions_traffic_and_drops() {
         ),
         1
     );
-    assert!(sample(&during, "cvpn_tunnel_packets_total{direction=\"ingress\"}") >= 4);
-    assert!(sample(&during, "cvpn_tunnel_packets_total{direction=\"egress\"}") >= 3);
-    assert!(sample(&during, "cvpn_tunnel_bytes_total{direction=\"egress\"}") >= 3 * 84);
+    assert!(sample(&during, "cvpn_ingress_packets_total{protocol=\"cvpn\"}") >= 4);
+    assert!(sample(&during, "cvpn_egress_packets_total{protocol=\"cvpn\"}") >= 3);
+    assert!(sample(&during, "cvpn_egress_bytes_total{protocol=\"cvpn\"}") >= 3 * 84);
     assert_eq!(
         sample(
             &during,
@@ -67,15 +76,94 @@ fn metrics_follow_sessions_traffic_and_drops() {
     let mut after = String::new();
     for _ in 0..50 {
         after = http(&tb.gateway, "GET /metrics HTTP/1.1");
-        if sample(&after, "cvpn_sessions_active") == 0 {
+        if sample(&after, "cvpn_active_connections{protocol=\"cvpn\"}") == 0 {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert_eq!(sample(&after, "cvpn_sessions_active"), 0);
-    assert_eq!(sample(&after, "cvpn_sessions_ended_total"), 1);
+    assert_eq!(
+        sample(&after, "cvpn_active_connections{protocol=\"cvpn\"}"),
+        0
+    );
+    assert_eq!(
+        sample(&after, "cvpn_sessions_ended_total{protocol=\"cvpn\"}"),
+        1
+    );
     // The ended session's traffic stays in the totals.
-    assert!(sample(&after, "cvpn_tunnel_packets_total{direction=\"ingress\"}") >= 4);
+    assert!(sample(&after, "cvpn_ingress_packets_total{protocol=\"cvpn\"}") >= 4);
+
+    // An OpenVPN client is counted as one; a revoked one as a failure
+    // by reason.
+    let bob = tb.client_profile("bob", &[], 0);
+    let mut cmd = cvpn_e2e::netns::in_ns(c, std::path::Path::new("openvpn"));
+    cmd.arg("--config").arg(&bob);
+    let mut ovpn = cvpn_e2e::netns::Proc::spawn("openvpn", cmd);
+    ovpn.wait_for("Initialization Sequence Completed", 30);
+    let out = sh(c, &format!("ping -n -c 2 -i 0.2 -W 5 {TARGET} 2>&1"));
+    assert!(out.status.success(), "{out:?}");
+    let with_ovpn = http(&tb.gateway, "GET /metrics HTTP/1.1");
+    assert_eq!(
+        sample(&with_ovpn, "cvpn_active_connections{protocol=\"openvpn\"}"),
+        1
+    );
+    assert!(
+        sample(
+            &with_ovpn,
+            "cvpn_ingress_packets_total{protocol=\"openvpn\"}"
+        ) >= 2
+    );
+    ovpn.stop();
+    tb.pki.ok(&["revoke", "alice"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let mut refused = tb.spawn_client(0, &profile);
+    refused.wait(15);
+    let failed = http(&tb.gateway, "GET /metrics HTTP/1.1");
+    assert!(
+        sample(
+            &failed,
+            "cvpn_authentication_failures_total{reason=\"certificate_revoked\"}"
+        ) >= 1,
+        "{failed}"
+    );
+
+    // Every panel of the Grafana dashboard queries a metric the gateway
+    // exports.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../contrib/grafana/cvpn.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    for panel in panels {
+        let exprs: Vec<&str> = panel["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["expr"].as_str().unwrap())
+            .collect();
+        assert!(!exprs.is_empty(), "{panel}");
+        for expr in exprs {
+            let names: Vec<&str> = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("cvpn_"))
+                .collect();
+            assert!(!names.is_empty(), "{expr}");
+            for name in names {
+                let exported = failed.lines().any(|l| {
+                    l.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                });
+                assert!(
+                    exported,
+                    "panel {} queries {name}, not exported",
+                    panel["title"]
+                );
+            }
+        }
+    }
 
     assert!(http(&tb.gateway, "GET / HTTP/1.1").starts_with("HTTP/1.1 404"));
     assert!(http(&tb.gateway, "DELETE /metrics HTTP/1.1").starts_with("HTTP/1.1 405"));

@@ -93,6 +93,8 @@ impl Endpoint {
         );
         self.sessions.insert(session.clone());
         drop(admitted);
+        let waited = time::OffsetDateTime::now_utc() - session.started;
+        self.tally.session_started(waited.as_seconds_f64());
         self.log(&session.record(super::connlog::Event::Connected));
     }
 
@@ -108,6 +110,9 @@ impl Endpoint {
         let mut leases = self.leases();
         self.sessions.remove(session.address);
         leases.release(session.address);
+        drop(leases);
+        self.tally
+            .session_ended(session.protocol, &session.traffic());
     }
 
     /// Saves the lease table if it changed since the last save.

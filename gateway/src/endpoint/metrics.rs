@@ -1,6 +1,10 @@
 //! The metrics endpoint's content (`metrics_listen`): what the gateway
-//! counts, in the OpenMetrics text format Prometheus scrapes, and the one
-//! request line the endpoint answers. Pure: the listener is in the binary.
+//! counts, in the OpenMetrics text format Prometheus scrapes, named after
+//! the managed service's CloudWatch metrics where one exists
+//! (ActiveConnectionsCount, AuthenticationFailures, CrlDaysToExpiry,
+//! IngressBytes, EgressBytes, IngressPackets, EgressPackets); and the one
+//! request line the endpoint answers. Pure: the listener is in
+//! metrics_http.rs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,90 +14,31 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::connlog::{Event, Traffic};
+use super::connlog::Traffic;
+use super::session::Protocol;
+use super::tally::{Drops, FAILURE_REASONS, Tally, index_of, values};
 
+/// The content type of a scrape.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Endpoint-wide drop counters: packets not forwarded, by reason.
-#[derive(Default)]
-pub struct Drops {
-    /// From a client, with a source other than its address.
-    pub spoofed: AtomicU64,
-    /// From a client, to a destination no route covers.
-    pub no_route: AtomicU64,
-    /// From a client, to a destination its groups are not authorized for.
-    pub denied: AtomicU64,
-    /// Not a well-formed IPv4 packet (or offload header).
-    pub malformed: AtomicU64,
-    /// IPv6 from a client (the tunnel carries IPv4).
-    pub ipv6: AtomicU64,
-    /// For a tunnel address no session has.
-    pub no_session: AtomicU64,
-    /// For a session whose queue was full.
-    pub queue_full: AtomicU64,
-}
-
-/// Connection attempts and the traffic of ended sessions, counted as the
-/// connection log is written.
-#[derive(Default)]
-pub struct Tally {
-    connected: AtomicU64,
-    failed: AtomicU64,
-    ended: AtomicU64,
-    ended_traffic: [AtomicU64; 4],
-    reloads_applied: AtomicU64,
-    reloads_refused: AtomicU64,
-}
-
-impl Tally {
-    /// Counts one configuration reload, applied or refused.
-    pub fn count_reload(&self, applied: bool) {
-        let c = if applied {
-            &self.reloads_applied
-        } else {
-            &self.reloads_refused
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts one failed connection attempt.
-    pub fn count_failed(&self) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn count(&self, event: &Event) {
-        match event {
-            Event::Connected => self.connected.fetch_add(1, Ordering::Relaxed),
-            Event::Failed { .. } => self.failed.fetch_add(1, Ordering::Relaxed),
-            Event::Ended { traffic, .. } => {
-                for (a, v) in self.ended_traffic.iter().zip(values(traffic)) {
-                    a.fetch_add(v, Ordering::Relaxed);
-                }
-                self.ended.fetch_add(1, Ordering::Relaxed)
-            }
-        };
-    }
-}
-
-fn values(t: &Traffic) -> [u64; 4] {
-    [
-        t.ingress_bytes,
-        t.egress_bytes,
-        t.ingress_packets,
-        t.egress_packets,
-    ]
-}
 
 /// Everything one scrape reports.
 pub struct Snapshot<'a> {
+    /// Attempts, ended sessions, reloads, handshake durations.
     pub tally: &'a Tally,
+    /// Packets not forwarded.
     pub drops: &'a Drops,
-    /// Traffic of the sessions alive now.
-    pub active: &'a [Traffic],
+    /// The protocol and traffic of each session alive now.
+    pub active: &'a [(Protocol, Traffic)],
+    /// Addresses of the pool not assigned.
     pub free_addresses: u64,
+    /// Seconds until the CRL's next update (negative: expired), if the
+    /// endpoint has one.
+    pub crl_seconds_to_expiry: Option<i64>,
 }
 
 type Labels = Vec<(String, String)>;
+
+const PROTOCOLS: [Protocol; 2] = [Protocol::Cvpn, Protocol::OpenVpn];
 
 fn family(registry: &mut Registry, name: &str, help: &str, rows: &[(&str, &str, u64)]) {
     let f = Family::<Labels, Counter>::default();
@@ -104,75 +49,115 @@ fn family(registry: &mut Registry, name: &str, help: &str, rows: &[(&str, &str, 
     registry.register(name, help, f);
 }
 
-fn counter(registry: &mut Registry, name: &str, help: &str, n: u64) {
-    let c = Counter::<u64>::default();
-    c.inc_by(n);
-    registry.register(name, help, c);
+fn gauges(registry: &mut Registry, name: &str, help: &str, rows: &[(&str, &str, i64)]) {
+    let f = Family::<Labels, Gauge>::default();
+    for (key, value, n) in rows {
+        f.get_or_create(&vec![(key.to_string(), value.to_string())])
+            .set(*n);
+    }
+    registry.register(name, help, f);
 }
 
-fn gauge(registry: &mut Registry, name: &str, help: &str, n: u64) {
+fn gauge(registry: &mut Registry, name: &str, help: &str, n: i64) {
     let g = Gauge::<i64>::default();
-    g.set(i64::try_from(n).unwrap_or(i64::MAX));
+    g.set(n);
     registry.register(name, help, g);
 }
 
 /// The scrape's body.
 pub fn render(s: &Snapshot) -> String {
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let mut traffic: [u64; 4] = std::array::from_fn(|i| load(&s.tally.ended_traffic[i]));
-    for t in s.active {
-        for (sum, v) in traffic.iter_mut().zip(values(t)) {
+    let t = s.tally;
+    // Per protocol: ended sessions' traffic plus the live ones'.
+    let mut traffic = [[0u64; 4]; 2];
+    let mut active = [0i64; 2];
+    for (p, row) in traffic.iter_mut().enumerate() {
+        *row = std::array::from_fn(|i| load(&t.ended_traffic[p][i]));
+    }
+    for (proto, tr) in s.active {
+        let p = index_of(*proto);
+        active[p] += 1;
+        for (sum, v) in traffic[p].iter_mut().zip(values(tr)) {
             *sum += v;
         }
     }
+    let by_protocol = |i: usize| -> Vec<(&str, &str, u64)> {
+        PROTOCOLS
+            .iter()
+            .map(|p| ("protocol", p.name(), traffic[index_of(*p)][i]))
+            .collect()
+    };
     let mut r = Registry::with_prefix("cvpn");
-    gauge(
+    gauges(
         &mut r,
-        "sessions_active",
-        "Client sessions open now",
-        s.active.len() as u64,
+        "active_connections",
+        "Client sessions open now (ActiveConnectionsCount), by protocol",
+        &PROTOCOLS.map(|p| ("protocol", p.name(), active[index_of(p)])),
     );
     gauge(
         &mut r,
         "client_addresses_free",
         "Addresses of client_cidr not assigned",
-        s.free_addresses,
+        i64::try_from(s.free_addresses).unwrap_or(i64::MAX),
     );
     family(
         &mut r,
         "connection_attempts",
         "Connection attempts by connection-attempt-status, as in the connection log",
         &[
-            ("status", "successful", load(&s.tally.connected)),
-            ("status", "failed", load(&s.tally.failed)),
+            ("status", "successful", load(&t.connected)),
+            ("status", "failed", load(&t.failed)),
         ],
     );
-    counter(
+    let mut reasons: Vec<(&str, &str, u64)> = FAILURE_REASONS
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ("reason", *r, load(&t.failed_by_reason[i])))
+        .collect();
+    reasons.push((
+        "reason",
+        "other",
+        load(&t.failed_by_reason[FAILURE_REASONS.len()]),
+    ));
+    family(
+        &mut r,
+        "authentication_failures",
+        "Failed connection attempts (AuthenticationFailures), by reason",
+        &reasons,
+    );
+    family(
         &mut r,
         "sessions_ended",
-        "Client sessions that ended",
-        load(&s.tally.ended),
+        "Client sessions that ended, by protocol",
+        &PROTOCOLS.map(|p| ("protocol", p.name(), load(&t.ended[index_of(p)]))),
     );
-    let [ib, eb, ip, ep] = traffic;
-    family(
-        &mut r,
-        "tunnel_bytes",
-        "Bytes of IP packets through client tunnels (ingress: from clients)",
-        &[("direction", "ingress", ib), ("direction", "egress", eb)],
-    );
-    family(
-        &mut r,
-        "tunnel_packets",
-        "IP packets through client tunnels (ingress: from clients)",
-        &[("direction", "ingress", ip), ("direction", "egress", ep)],
-    );
+    for (i, (name, help)) in [
+        (
+            "ingress_bytes",
+            "Bytes of IP packets from clients (IngressBytes)",
+        ),
+        (
+            "egress_bytes",
+            "Bytes of IP packets to clients (EgressBytes)",
+        ),
+        (
+            "ingress_packets",
+            "IP packets from clients (IngressPackets)",
+        ),
+        ("egress_packets", "IP packets to clients (EgressPackets)"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        family(&mut r, name, help, &by_protocol(i));
+    }
     family(
         &mut r,
         "config_reloads",
         "Configuration reloads (SIGHUP, cvpn-gw reload) by result",
         &[
-            ("result", "applied", load(&s.tally.reloads_applied)),
-            ("result", "refused", load(&s.tally.reloads_refused)),
+            ("result", "applied", load(&t.reloads_applied)),
+            ("result", "refused", load(&t.reloads_refused)),
         ],
     );
     let d = s.drops;
@@ -189,6 +174,19 @@ pub fn render(s: &Snapshot) -> String {
             ("reason", "no_session", load(&d.no_session)),
             ("reason", "queue_full", load(&d.queue_full)),
         ],
+    );
+    if let Some(secs) = s.crl_seconds_to_expiry {
+        gauge(
+            &mut r,
+            "crl_seconds_to_expiry",
+            "Seconds until the CRL's next update (CrlDaysToExpiry); negative: expired",
+            secs,
+        );
+    }
+    r.register(
+        "handshake_duration_seconds",
+        "From a connection's first byte to its client's admission",
+        t.handshake.clone(),
     );
     let mut out = String::new();
     // Writing into a String does not fail.
@@ -226,6 +224,7 @@ pub fn route(request_line: &str) -> Route {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::connlog::Event;
 
     fn traffic(n: u64) -> Traffic {
         Traffic {
@@ -237,37 +236,42 @@ mod tests {
     }
 
     #[test]
-    fn totals_add_ended_and_live_sessions() {
+    fn totals_add_ended_and_live_sessions_by_protocol() {
         let tally = Tally::default();
         tally.count(&Event::Connected);
         tally.count(&Event::Connected);
         tally.count(&Event::Failed {
-            reason: "revoked".into(),
+            reason: "TLS handshake failed: invalid peer certificate: Revoked".into(),
         });
-        tally.count(&Event::Ended {
-            end: time::OffsetDateTime::UNIX_EPOCH,
-            reason: "bye".into(),
-            traffic: traffic(100),
-        });
+        tally.session_ended(Protocol::OpenVpn, &traffic(100));
+        tally.session_started(0.03);
         let drops = Drops::default();
         drops.denied.fetch_add(7, Ordering::Relaxed);
         let text = render(&Snapshot {
             tally: &tally,
             drops: &drops,
-            active: &[traffic(1)],
+            active: &[
+                (Protocol::Cvpn, traffic(1)),
+                (Protocol::OpenVpn, traffic(1)),
+            ],
             free_addresses: 250,
+            crl_seconds_to_expiry: Some(-5),
         });
         for line in [
-            "cvpn_sessions_active 1",
+            "cvpn_active_connections{protocol=\"cvpn\"} 1",
+            "cvpn_active_connections{protocol=\"openvpn\"} 1",
             "cvpn_client_addresses_free 250",
             "cvpn_connection_attempts_total{status=\"successful\"} 2",
             "cvpn_connection_attempts_total{status=\"failed\"} 1",
-            "cvpn_sessions_ended_total 1",
-            "cvpn_tunnel_bytes_total{direction=\"ingress\"} 101",
-            "cvpn_tunnel_bytes_total{direction=\"egress\"} 202",
-            "cvpn_tunnel_packets_total{direction=\"egress\"} 404",
+            "cvpn_authentication_failures_total{reason=\"certificate_revoked\"} 1",
+            "cvpn_authentication_failures_total{reason=\"other\"} 0",
+            "cvpn_sessions_ended_total{protocol=\"openvpn\"} 1",
+            "cvpn_ingress_bytes_total{protocol=\"openvpn\"} 101",
+            "cvpn_egress_bytes_total{protocol=\"cvpn\"} 2",
+            "cvpn_egress_packets_total{protocol=\"openvpn\"} 404",
             "cvpn_dropped_packets_total{reason=\"not_authorized\"} 7",
-            "cvpn_dropped_packets_total{reason=\"spoofed_source\"} 0",
+            "cvpn_crl_seconds_to_expiry -5",
+            "cvpn_handshake_duration_seconds_count 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

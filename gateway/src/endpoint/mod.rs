@@ -17,6 +17,7 @@ pub mod pool;
 pub mod registry;
 pub mod reload;
 pub mod session;
+pub mod tally;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -33,8 +34,8 @@ use crate::tls;
 use connlog::{ConnLog, Event, Record};
 use handshakes::{FailureTally, SourceRate};
 use lease::Leases;
-use metrics::{Drops, Tally};
 use registry::Registry;
+use tally::{Drops, Tally};
 
 /// Handshakes in progress at once, endpoint-wide: each may buffer up to
 /// the handshake buffer's cap for up to the handshake timeout.
@@ -209,7 +210,7 @@ impl Endpoint {
     /// Counts a failed attempt that presented no certificate; it is
     /// logged with the others from its source at the next flush.
     pub fn failed_without_certificate(&self, device: SocketAddr, reason: &str) {
-        self.tally.count_failed();
+        self.tally.count_failed(reason);
         self.failures.lock().unwrap_or_else(|p| p.into_inner()).add(
             device,
             reason,
