@@ -224,3 +224,10 @@ fn durations() {
         assert!(parse_duration(bad).is_err(), "{bad:?}");
     }
 }
+
+#[test]
+fn the_example_configuration_is_valid() {
+    let text = include_str!("../../../contrib/endpoint.example.toml");
+    let c = parse(text).expect("contrib/endpoint.example.toml");
+    assert_eq!(c.transport_protocol, TransportProtocol::Udp);
+}
