@@ -213,7 +213,9 @@ target = "tn-a"
         let mut cmd = in_ns(&self.clients[i], &bin("cvpn-client"));
         cmd.arg("connect").arg(profile);
         let mut p = Proc::spawn(&format!("cvpn-client {i}"), cmd);
-        p.wait_for("connected to", 20);
+        // The status block's last line: routes, DNS and the status are
+        // all there once it is.
+        p.wait_for("  expires in ", 20);
         p
     }
 
@@ -235,7 +237,9 @@ target = "tn-a"
     /// Starts a client and waits until its tunnel is up.
     pub fn connect(&self, i: usize, profile: &std::path::Path) -> Proc {
         let mut p = self.spawn_client(i, profile);
-        p.wait_for("connected to", 20);
+        // The status block's last line: routes, DNS and the status are
+        // all there once it is.
+        p.wait_for("  expires in ", 20);
         p
     }
 
