@@ -39,6 +39,7 @@ struct RawConfig {
     banner: Option<String>,
     control_socket: Option<PathBuf>,
     connection_log: Option<PathBuf>,
+    flow_log: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
     transport_protocol: Option<String>,
     state_dir: Option<PathBuf>,
@@ -172,6 +173,8 @@ pub struct Config {
     pub banner: Option<String>,
     pub control_socket: PathBuf,
     pub connection_log: Option<PathBuf>,
+    /// One line per forwarded flow's start and end (conntrack events).
+    pub flow_log: Option<PathBuf>,
     pub metrics_listen: Option<SocketAddr>,
     /// `udp`: clients whose profile says `proto udp` also get the datagram
     /// channel on the same port number over UDP.
@@ -346,6 +349,7 @@ impl Validator {
                 .map(resolve)
                 .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
             connection_log: raw.connection_log.map(resolve),
+            flow_log: raw.flow_log.map(resolve),
             metrics_listen: raw.metrics_listen,
             transport_protocol,
             state_dir: raw

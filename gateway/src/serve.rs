@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, TransportProtocol};
 use crate::endpoint::admission::restore_leases;
-use crate::endpoint::connlog::ConnLog;
+use crate::endpoint::jsonlog::JsonLog;
 use crate::endpoint::pool::Pool;
 use crate::endpoint::{Endpoint, TUNNEL_MTU};
 use crate::inside::{self, Tun};
@@ -99,7 +99,7 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     };
     let connlog = match &config.connection_log {
         Some(p) => {
-            Some(ConnLog::open(p).with_context(|| format!("connection_log: {}", p.display()))?)
+            Some(JsonLog::open(p).with_context(|| format!("connection_log: {}", p.display()))?)
         }
         None => None,
     };
@@ -134,16 +134,25 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
             snat: t.snat,
         })
         .collect();
-    host.applied = Some(netsetup::apply(|before| {
+    host.applied = Some(netsetup::apply(config.flow_log.is_some(), |owner| {
         nft::ruleset(
             TUN_NAME,
             config.client_cidr,
             &targets,
             &config.dns_servers,
-            before,
-            std::process::id(),
+            owner,
         )
     })?);
+    // Subscribed before the first client connects: no flow goes unlogged.
+    let flows = match &config.flow_log {
+        Some(p) => {
+            let log = JsonLog::open(p).with_context(|| format!("flow_log: {}", p.display()))?;
+            let socket = netsetup::conntrack::subscribe()
+                .context("flow_log: cannot subscribe to conntrack events")?;
+            Some((socket, log))
+        }
+        None => None,
+    };
 
     let ep = Arc::new(Endpoint::new(
         config,
@@ -178,6 +187,12 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
         udp: udp.clone(),
         openvpn,
     };
+    if let Some((socket, log)) = flows {
+        let ep = ep.clone();
+        std::thread::Builder::new()
+            .name("flow-log".into())
+            .spawn(move || netsetup::conntrack::run(socket, ep, log))?;
+    }
     let control = control::listen(ep.clone()).await?;
     let metrics = match ep.config().metrics_listen {
         Some(addr) => Some(metrics_http::listen(ep.clone(), addr).await?),

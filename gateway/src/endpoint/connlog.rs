@@ -2,11 +2,7 @@
 //! string values, "NA" when not applicable) of the managed service's
 //! connection logs, so existing log tooling reads it.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
@@ -124,34 +120,6 @@ impl Record {
         put("ingress-packets", json!(t.ingress_packets.to_string()));
         put("egress-packets", json!(t.egress_packets.to_string()));
         Value::Object(m)
-    }
-}
-
-/// Appends records to the log file, one line each.
-pub struct ConnLog {
-    path: PathBuf,
-    file: Mutex<File>,
-}
-
-impl ConnLog {
-    pub fn open(path: &Path) -> std::io::Result<ConnLog> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(ConnLog {
-            path: path.to_path_buf(),
-            file: Mutex::new(file),
-        })
-    }
-
-    pub fn write(&self, record: &Record) {
-        let mut line = record.to_json().to_string();
-        line.push('\n');
-        let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = f.write_all(line.as_bytes()) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot write the connection log");
-        }
     }
 }
 

@@ -160,6 +160,13 @@ pub fn render(s: &Snapshot) -> String {
             ("result", "refused", load(&t.reloads_refused)),
         ],
     );
+    let overruns = Counter::<u64>::default();
+    overruns.inc_by(load(&t.flow_log_overruns));
+    r.register(
+        "flow_log_overruns",
+        "Times conntrack events were lost because the flow log fell behind",
+        overruns,
+    );
     let d = s.drops;
     family(
         &mut r,

@@ -9,8 +9,10 @@
 
 pub mod admission;
 pub mod connlog;
+pub mod flowlog;
 pub mod forward;
 pub mod handshakes;
+pub mod jsonlog;
 pub mod lease;
 pub mod metrics;
 pub mod pool;
@@ -31,8 +33,9 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::policy::Policy;
 use crate::tls;
-use connlog::{ConnLog, Event, Record};
+use connlog::{Event, Record};
 use handshakes::{FailureTally, SourceRate};
+use jsonlog::JsonLog;
 use lease::Leases;
 use registry::Registry;
 use tally::{Drops, Tally};
@@ -118,7 +121,7 @@ pub struct Endpoint {
     leases: Mutex<Leases>,
     admission: tokio::sync::Mutex<()>,
     failures: Mutex<FailureTally>,
-    connlog: Option<ConnLog>,
+    connlog: Option<JsonLog>,
     inside: Box<dyn Inside>,
 }
 
@@ -133,7 +136,7 @@ impl Endpoint {
         policy: Policy,
         acceptor: tls::Acceptor,
         leases: Leases,
-        connlog: Option<ConnLog>,
+        connlog: Option<JsonLog>,
         inside: Box<dyn Inside>,
     ) -> Endpoint {
         Endpoint {
@@ -193,7 +196,7 @@ impl Endpoint {
     pub fn log(&self, record: &Record) {
         self.tally.count(&record.event);
         if let Some(l) = &self.connlog {
-            l.write(record);
+            l.write(&record.to_json());
         }
     }
 
@@ -230,7 +233,7 @@ impl Endpoint {
                 warn!(device_ip = %r.device.ip(), reason = %untrusted(reason), "connection attempts refused");
             }
             if let Some(l) = &self.connlog {
-                l.write(&r);
+                l.write(&r.to_json());
             }
         }
     }

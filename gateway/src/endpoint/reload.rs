@@ -45,6 +45,8 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     check("control_socket", old.control_socket == new.control_socket);
     check("state_dir", old.state_dir == new.state_dir);
     check("connection_log", old.connection_log == new.connection_log);
+    // Turning it on also changes a sysctl the host set-up records.
+    check("flow_log", old.flow_log == new.flow_log);
     check("metrics_listen", old.metrics_listen == new.metrics_listen);
     // The nftables table is built from the interfaces and ENI addresses.
     let host = |c: &Config| {

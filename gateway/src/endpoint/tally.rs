@@ -94,6 +94,9 @@ pub struct Tally {
     pub(super) ended_traffic: [[AtomicU64; 4]; 2],
     pub(super) reloads_applied: AtomicU64,
     pub(super) reloads_refused: AtomicU64,
+    /// Times conntrack events were lost because the flow log fell behind
+    /// (the kernel reported a full socket buffer).
+    pub flow_log_overruns: AtomicU64,
     /// From accepting a connection to admitting its client, in seconds.
     pub(super) handshake: Histogram,
 }
@@ -108,6 +111,7 @@ impl Default for Tally {
             ended_traffic: Default::default(),
             reloads_applied: AtomicU64::default(),
             reloads_refused: AtomicU64::default(),
+            flow_log_overruns: AtomicU64::default(),
             // 5 ms .. 10 s.
             handshake: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
         }

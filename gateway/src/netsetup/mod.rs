@@ -4,6 +4,7 @@
 //! One gateway runs per network namespace: an exclusive lock held for the
 //! process's lifetime tells a crash's leftovers from a live instance's.
 
+pub mod conntrack;
 pub mod nft;
 
 use std::fs::{File, OpenOptions};
@@ -17,7 +18,11 @@ use rtnetlink::packet_route::address::AddressAttribute;
 
 use crate::config::TargetNetwork;
 
+/// The sysctl forwarding needs.
 pub const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// The sysctl that makes conntrack count each flow's packets and bytes
+/// (the flow log's end lines); per network namespace.
+pub const CONNTRACK_ACCT: &str = "/proc/sys/net/netfilter/nf_conntrack_acct";
 
 /// Where the per-namespace instance locks live.
 pub const LOCK_DIR: &str = "/run/cvpn-gw";
@@ -37,8 +42,11 @@ pub enum SetupError {
     },
     #[error("{0}")]
     Nft(#[from] nft::NftError),
-    #[error("{IP_FORWARD}: {0}")]
-    Sysctl(std::io::Error),
+    #[error("{path}: {source}")]
+    Sysctl {
+        path: &'static str,
+        source: std::io::Error,
+    },
     #[error("netlink: {0}")]
     Netlink(String),
     #[error("target_networks[{index}].interface: no interface {name:?} on this host")]
@@ -125,8 +133,8 @@ fn is_live_gateway(pid: u32) -> bool {
 }
 
 /// Removes what a previous run left behind: our nftables table (restoring
-/// the ip_forward value it recorded). A table whose recorded owner is a
-/// live gateway is left alone and refused, lock or not.
+/// the sysctls it recorded). A table whose recorded owner is a live
+/// gateway is left alone and refused, lock or not.
 pub fn clear_stale() -> Result<bool, SetupError> {
     let Some(owner) = nft::existing_table() else {
         return Ok(false);
@@ -137,11 +145,24 @@ pub fn clear_stale() -> Result<bool, SetupError> {
             lock: PathBuf::from(LOCK_DIR),
         });
     }
-    if !owner.ip_forward_before.is_empty() {
-        std::fs::write(IP_FORWARD, &owner.ip_forward_before).map_err(SetupError::Sysctl)?;
-    }
+    restore(IP_FORWARD, &owner.ip_forward_before)?;
+    restore(CONNTRACK_ACCT, &owner.conntrack_acct_before)?;
     nft::remove()?;
     Ok(true)
+}
+
+/// Writes `before` back to the sysctl at `path`, unless it is unknown.
+fn restore(path: &'static str, before: &str) -> Result<(), SetupError> {
+    if before.is_empty() {
+        return Ok(());
+    }
+    std::fs::write(path, before).map_err(|source| SetupError::Sysctl { path, source })
+}
+
+fn read_sysctl(path: &'static str) -> Result<String, SetupError> {
+    std::fs::read_to_string(path)
+        .map(|v| v.trim().to_string())
+        .map_err(|source| SetupError::Sysctl { path, source })
 }
 
 /// Resolves each target network's ENI address: the configured one, checked
@@ -219,33 +240,46 @@ pub async fn set_txqueuelen(name: &str, len: u32) -> Result<(), SetupError> {
 
 /// What `apply` changed, to undo at exit.
 pub struct Applied {
-    ip_forward_before: String,
+    before: nft::TableOwner,
 }
 
-/// Installs the table `script_for(ip_forward before)` and turns forwarding on.
-pub fn apply(script_for: impl FnOnce(&str) -> String) -> Result<Applied, SetupError> {
-    let before = std::fs::read_to_string(IP_FORWARD).map_err(SetupError::Sysctl)?;
-    nft::install(&script_for(&before))?;
-    if before.trim() != "1"
-        && let Err(e) = std::fs::write(IP_FORWARD, "1")
-    {
-        let _ = nft::remove();
-        return Err(SetupError::Sysctl(e));
+/// Installs the table `ruleset_for(its owner record)` and turns forwarding
+/// on, and with `count_flows` conntrack's per-flow counters too.
+pub fn apply(
+    count_flows: bool,
+    ruleset_for: impl FnOnce(&nft::TableOwner) -> nftables::schema::Nftables<'static>,
+) -> Result<Applied, SetupError> {
+    let before = nft::TableOwner {
+        pid: Some(std::process::id()),
+        ip_forward_before: read_sysctl(IP_FORWARD)?,
+        // Absent until the conntrack module loads (our table loads it),
+        // and then at the kernel's default, off.
+        conntrack_acct_before: match count_flows {
+            true => read_sysctl(CONNTRACK_ACCT).unwrap_or_else(|_| "0".into()),
+            false => String::new(),
+        },
+    };
+    nft::install(&ruleset_for(&before))?;
+    let applied = Applied { before };
+    let mut on = vec![IP_FORWARD];
+    if count_flows {
+        on.push(CONNTRACK_ACCT);
     }
-    Ok(Applied {
-        ip_forward_before: before.trim().to_string(),
-    })
+    for path in on {
+        if let Err(source) = std::fs::write(path, "1") {
+            let _ = applied.undo();
+            return Err(SetupError::Sysctl { path, source });
+        }
+    }
+    Ok(applied)
 }
 
 impl Applied {
-    /// Removes the table and restores ip_forward.
+    /// Removes the table and restores the sysctls.
     pub fn undo(self) -> Result<(), SetupError> {
-        let restore = if self.ip_forward_before != "1" {
-            std::fs::write(IP_FORWARD, &self.ip_forward_before).map_err(SetupError::Sysctl)
-        } else {
-            Ok(())
-        };
+        let forward = restore(IP_FORWARD, &self.before.ip_forward_before);
+        let acct = restore(CONNTRACK_ACCT, &self.before.conntrack_acct_before);
         nft::remove()?;
-        restore
+        forward.and(acct)
     }
 }

@@ -3,165 +3,326 @@
 //! replies (conntrack established/related) back toward the tunnel, and
 //! drops tunnel traffic to the gateway host itself (the managed service's
 //! ENI is not a host), but for DNS to a pushed server the host runs. The
-//! table's comment records the value of net.ipv4.ip_forward before the
-//! gateway changed it, so a run after a crash can restore it, and the pid
-//! of the gateway that owns it, so a start never removes a live one's.
+//! table goes to `nft -j -f -` as one JSON batch (the nftables crate): one
+//! transaction. The comment of its last rule records the sysctls the
+//! gateway changed, with their values before, so a run after a crash can
+//! restore them, and the pid of the gateway that owns it, so a start never
+//! removes a live one's.
 
-use std::io::Write;
+use std::borrow::Cow;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
+use nftables::batch::Batch;
+use nftables::expr::{
+    CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem,
+};
+use nftables::helper::{self, DEFAULT_NFT, NftablesError};
+use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
+use nftables::stmt::{Counter, Match, NAT, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
+/// The table's name (family ip).
 pub const TABLE: &str = "cvpn_gw";
 const PID_PREFIX: &str = "cvpn-gw pid=";
 const FORWARD_PREFIX: &str = "ip_forward=";
+const ACCT_PREFIX: &str = "nf_conntrack_acct=";
 
 /// One target network as the NAT needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NatTarget {
+    /// The interface toward the target network.
     pub interface: String,
+    /// The address clients' traffic is SNATed to.
     pub eni_address: Ipv4Addr,
+    /// False: the target network sees client addresses.
     pub snat: bool,
 }
 
+/// Why nft did not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
+    /// nft could not be run, or its output not read.
     #[error("cannot run nft (is the nftables package installed?): {0}")]
-    Spawn(std::io::Error),
+    Spawn(String),
+    /// nft ran and refused the batch.
     #[error("nft refused the ruleset: {0}")]
     Refused(String),
 }
 
-fn quote(s: &str) -> String {
-    // Interface names were validated (printable, no quotes possible in
-    // practice); escape anyway so the script cannot be broken out of.
-    format!("\"{}\"", s.replace(['"', '\\'], ""))
-}
-
-/// The whole table as one nft script: applied in one transaction.
-pub fn ruleset(
-    tun: &str,
-    client_cidr: Ipv4Net,
-    targets: &[NatTarget],
-    dns_servers: &[Ipv4Addr],
-    ip_forward_before: &str,
-    owner_pid: u32,
-) -> String {
-    let mut s = String::new();
-    s.push_str(&format!("table ip {TABLE} {{\n"));
-    s.push_str(&format!(
-        "  comment \"{PID_PREFIX}{owner_pid} {FORWARD_PREFIX}{}\"\n",
-        ip_forward_before.trim()
-    ));
-    s.push_str(
-        "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n",
-    );
-    for t in targets.iter().filter(|t| t.snat) {
-        s.push_str(&format!(
-            "    ip saddr {client_cidr} oifname {} snat to {}\n",
-            quote(&t.interface),
-            t.eni_address
-        ));
+impl From<NftablesError> for NftError {
+    fn from(e: NftablesError) -> NftError {
+        match e {
+            NftablesError::NftFailed { stderr, .. } => NftError::Refused(stderr.trim().to_string()),
+            other => NftError::Spawn(other.to_string()),
+        }
     }
-    s.push_str("  }\n");
-    s.push_str("  chain forward {\n    type filter hook forward priority filter; policy accept;\n");
-    s.push_str(&format!(
-        "    oifname {} ct state established,related accept\n",
-        quote(tun)
-    ));
-    s.push_str(&format!("    oifname {} counter drop\n", quote(tun)));
-    s.push_str("  }\n");
-    s.push_str("  chain input {\n    type filter hook input priority filter; policy accept;\n");
-    s.push_str(&format!(
-        "    iifname {} ct state established,related accept\n",
-        quote(tun)
-    ));
-    for dns in dns_servers {
-        s.push_str(&format!(
-            "    iifname {} ip daddr {dns} meta l4proto {{ tcp, udp }} th dport 53 accept\n",
-            quote(tun)
-        ));
-    }
-    s.push_str(&format!("    iifname {} counter drop\n", quote(tun)));
-    s.push_str("  }\n}\n");
-    s
 }
 
-fn nft(script: &str) -> Result<String, NftError> {
-    let mut child = Command::new("nft")
-        .arg("-f")
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(NftError::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(NftError::Spawn)?;
-    }
-    let out = child.wait_with_output().map_err(NftError::Spawn)?;
-    if !out.status.success() {
-        return Err(NftError::Refused(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Creates the table, replacing any previous one of ours, atomically.
-pub fn install(script: &str) -> Result<(), NftError> {
-    let full = format!("table ip {TABLE}\ndelete table ip {TABLE}\n{script}");
-    nft(&full).map(|_| ())
-}
-
-pub fn remove() -> Result<(), NftError> {
-    nft(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n")).map(|_| ())
-}
-
-/// What the comment of a table of ours records.
+/// What the table's owner record says (see [`TableOwner`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TableOwner {
     /// The gateway that created the table (absent in tables of old runs).
     pub pid: Option<u32>,
     /// net.ipv4.ip_forward before that gateway set it; empty if unknown.
     pub ip_forward_before: String,
+    /// net.netfilter.nf_conntrack_acct before that gateway set it (for its
+    /// flow log); empty if it did not.
+    pub conntrack_acct_before: String,
 }
 
-/// If a table of ours exists in this network namespace, what its comment
-/// records.
-pub fn existing_table() -> Option<TableOwner> {
-    let out = Command::new("nft")
-        .args(["list", "table", "ip", TABLE])
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
+impl TableOwner {
+    fn comment(&self) -> String {
+        let mut c = format!(
+            "{PID_PREFIX}{} {FORWARD_PREFIX}{}",
+            self.pid.unwrap_or_default(),
+            self.ip_forward_before.trim()
+        );
+        if !self.conntrack_acct_before.is_empty() {
+            c.push_str(&format!(
+                " {ACCT_PREFIX}{}",
+                self.conntrack_acct_before.trim()
+            ));
+        }
+        c
     }
-    Some(parse_comment(&String::from_utf8_lossy(&out.stdout)))
+
+    fn parse(comment: &str) -> TableOwner {
+        TableOwner {
+            pid: digits_after(comment, PID_PREFIX).and_then(|p| p.parse().ok()),
+            ip_forward_before: digits_after(comment, FORWARD_PREFIX).unwrap_or_default(),
+            conntrack_acct_before: digits_after(comment, ACCT_PREFIX).unwrap_or_default(),
+        }
+    }
 }
 
-fn digits_after(listing: &str, prefix: &str) -> Option<String> {
-    let start = listing.find(prefix)? + prefix.len();
-    let value: String = listing[start..]
+fn digits_after(text: &str, prefix: &str) -> Option<String> {
+    let start = text.find(prefix)? + prefix.len();
+    let value: String = text[start..]
         .chars()
         .take_while(char::is_ascii_digit)
         .collect();
     (!value.is_empty()).then_some(value)
 }
 
-fn parse_comment(listing: &str) -> TableOwner {
-    TableOwner {
-        pid: digits_after(listing, PID_PREFIX).and_then(|p| p.parse().ok()),
-        ip_forward_before: digits_after(listing, FORWARD_PREFIX).unwrap_or_default(),
+fn named(e: NamedExpression<'static>) -> Expression<'static> {
+    Expression::Named(e)
+}
+
+fn text(s: &str) -> Expression<'static> {
+    Expression::String(Cow::Owned(s.to_string()))
+}
+
+fn is(left: Expression<'static>, op: Operator, right: Expression<'static>) -> Statement<'static> {
+    Statement::Match(Match { left, right, op })
+}
+
+fn meta(key: MetaKey, value: &str) -> Statement<'static> {
+    is(
+        named(NamedExpression::Meta(Meta { key })),
+        Operator::EQ,
+        text(value),
+    )
+}
+
+fn field(protocol: &str, name: &str) -> Expression<'static> {
+    named(NamedExpression::Payload(Payload::PayloadField(
+        PayloadField {
+            protocol: Cow::Owned(protocol.to_string()),
+            field: Cow::Owned(name.to_string()),
+        },
+    )))
+}
+
+fn replies_only() -> Statement<'static> {
+    let state = named(NamedExpression::CT(CT {
+        key: "state".into(),
+        family: None,
+        dir: None,
+    }));
+    is(
+        state,
+        Operator::IN,
+        Expression::List(vec![text("established"), text("related")]),
+    )
+}
+
+fn counted_drop() -> [Statement<'static>; 2] {
+    [
+        Statement::Counter(Counter::Anonymous(None)),
+        Statement::Drop(None),
+    ]
+}
+
+fn chain(name: &str, kind: NfChainType, hook: NfHook, prio: i32) -> NfListObject<'static> {
+    NfListObject::Chain(Chain {
+        family: NfFamily::IP,
+        table: TABLE.into(),
+        name: Cow::Owned(name.to_string()),
+        _type: Some(kind),
+        hook: Some(hook),
+        prio: Some(prio),
+        policy: Some(NfChainPolicy::Accept),
+        ..Chain::default()
+    })
+}
+
+fn rule(
+    chain: &str,
+    expr: Vec<Statement<'static>>,
+    comment: Option<String>,
+) -> NfListObject<'static> {
+    NfListObject::Rule(Rule {
+        family: NfFamily::IP,
+        table: TABLE.into(),
+        chain: Cow::Owned(chain.to_string()),
+        expr: expr.into(),
+        comment: comment.map(Cow::Owned),
+        ..Rule::default()
+    })
+}
+
+fn table() -> NfListObject<'static> {
+    NfListObject::Table(Table {
+        family: NfFamily::IP,
+        name: TABLE.into(),
+        handle: None,
+    })
+}
+
+/// The whole table, owned by `owner`, as one batch that replaces any
+/// previous table of ours.
+pub fn ruleset(
+    tun: &str,
+    client_cidr: Ipv4Net,
+    targets: &[NatTarget],
+    dns_servers: &[Ipv4Addr],
+    owner: &TableOwner,
+) -> Nftables<'static> {
+    let mut b = Batch::new();
+    b.add(table());
+    b.delete(table());
+    b.add(table());
+    // The priorities of nft's names srcnat (100) and filter (0).
+    b.add(chain(
+        "postrouting",
+        NfChainType::NAT,
+        NfHook::Postrouting,
+        100,
+    ));
+    let clients = named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(text(&client_cidr.network().to_string())),
+        len: client_cidr.prefix_len().into(),
+    }));
+    for t in targets.iter().filter(|t| t.snat) {
+        let snat = NAT {
+            addr: Some(text(&t.eni_address.to_string())),
+            family: None,
+            port: None,
+            flags: None,
+        };
+        b.add(rule(
+            "postrouting",
+            vec![
+                is(field("ip", "saddr"), Operator::EQ, clients.clone()),
+                meta(MetaKey::Oifname, &t.interface),
+                Statement::SNAT(Some(snat)),
+            ],
+            None,
+        ));
     }
+    b.add(chain("forward", NfChainType::Filter, NfHook::Forward, 0));
+    let to_tun = || meta(MetaKey::Oifname, tun);
+    b.add(rule(
+        "forward",
+        vec![to_tun(), replies_only(), Statement::Accept(None)],
+        None,
+    ));
+    let [count, drop] = counted_drop();
+    b.add(rule("forward", vec![to_tun(), count, drop], None));
+    b.add(chain("input", NfChainType::Filter, NfHook::Input, 0));
+    let from_tun = || meta(MetaKey::Iifname, tun);
+    b.add(rule(
+        "input",
+        vec![from_tun(), replies_only(), Statement::Accept(None)],
+        None,
+    ));
+    for dns in dns_servers {
+        let l4 = named(NamedExpression::Set(vec![
+            SetItem::Element(text("tcp")),
+            SetItem::Element(text("udp")),
+        ]));
+        b.add(rule(
+            "input",
+            vec![
+                from_tun(),
+                is(field("ip", "daddr"), Operator::EQ, text(&dns.to_string())),
+                is(
+                    named(NamedExpression::Meta(Meta {
+                        key: MetaKey::L4proto,
+                    })),
+                    Operator::EQ,
+                    l4,
+                ),
+                is(field("th", "dport"), Operator::EQ, Expression::Number(53)),
+                Statement::Accept(None),
+            ],
+            None,
+        ));
+    }
+    let [count, drop] = counted_drop();
+    b.add(rule(
+        "input",
+        vec![from_tun(), count, drop],
+        Some(owner.comment()),
+    ));
+    b.to_nftables()
+}
+
+/// Creates the table, replacing any previous one of ours, atomically.
+pub fn install(ruleset: &Nftables) -> Result<(), NftError> {
+    Ok(helper::apply_ruleset(ruleset)?)
+}
+
+/// Deletes our table (nothing if there is none).
+pub fn remove() -> Result<(), NftError> {
+    let mut b = Batch::new();
+    b.add(table());
+    b.delete(table());
+    Ok(helper::apply_ruleset(&b.to_nftables())?)
+}
+
+/// If a table of ours exists in this network namespace, what its owner
+/// record says.
+pub fn existing_table() -> Option<TableOwner> {
+    let listing =
+        helper::get_current_ruleset_raw(DEFAULT_NFT, ["list", "table", "ip", TABLE]).ok()?;
+    Some(owner_in(&listing))
+}
+
+/// The owner record in a JSON listing of the table (the default if none).
+fn owner_in(listing: &str) -> TableOwner {
+    let value: serde_json::Value = serde_json::from_str(listing).unwrap_or_default();
+    let objects = value["nftables"].as_array().cloned().unwrap_or_default();
+    objects
+        .iter()
+        .filter_map(|o| o["rule"]["comment"].as_str())
+        .find(|c| c.starts_with(PID_PREFIX))
+        .map(TableOwner::parse)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn owner() -> TableOwner {
+        TableOwner {
+            pid: Some(4242),
+            ip_forward_before: "0".into(),
+            conntrack_acct_before: "0".into(),
+        }
+    }
 
     #[test]
     fn ruleset_snats_each_network_and_blocks_new_inbound() {
@@ -177,41 +338,70 @@ mod tests {
                 snat: false,
             },
         ];
-        let s = ruleset(
+        let batch = ruleset(
             "cvpn-gw0",
             "10.250.0.0/22".parse().unwrap(),
             &targets,
             &[Ipv4Addr::new(192, 168, 1, 53)],
-            "0\n",
-            4242,
+            &owner(),
         );
-        assert!(s.contains("ip saddr 10.250.0.0/22 oifname \"eth1\" snat to 192.168.1.10"));
-        assert!(!s.contains("eth2"));
-        assert!(s.contains("oifname \"cvpn-gw0\" ct state established,related accept"));
-        assert!(s.contains("oifname \"cvpn-gw0\" counter drop"));
-        assert!(s.contains("iifname \"cvpn-gw0\" counter drop"));
-        assert!(s.contains(
-            "iifname \"cvpn-gw0\" ip daddr 192.168.1.53 meta l4proto { tcp, udp } th dport 53 accept"
-        ));
-        assert_eq!(
-            parse_comment(&s),
-            TableOwner {
-                pid: Some(4242),
-                ip_forward_before: "0".into()
-            }
+        let json = serde_json::to_value(&batch).unwrap();
+        let rules: Vec<&serde_json::Value> = json["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["add"].get("rule"))
+            .collect();
+        let in_chain = |c: &str| {
+            rules
+                .iter()
+                .filter(|r| r["chain"] == c)
+                .map(|r| r["expr"].to_string())
+                .collect::<Vec<_>>()
+        };
+        let nat = in_chain("postrouting");
+        assert_eq!(nat.len(), 1, "only the SNAT network: {nat:?}");
+        assert!(
+            nat[0].contains(r#"{"prefix":{"addr":"10.250.0.0","len":22}}"#),
+            "{}",
+            nat[0]
         );
+        assert!(
+            nat[0].contains(r#""right":"eth1""#)
+                && nat[0].contains(r#"{"snat":{"addr":"192.168.1.10"}}"#)
+        );
+        let fwd = in_chain("forward");
+        assert!(
+            fwd[0].contains(r#""right":["established","related"]"#) && fwd[0].contains("accept")
+        );
+        assert!(
+            fwd[1].contains(r#""right":"cvpn-gw0""#)
+                && fwd[1].contains("counter")
+                && fwd[1].contains("drop")
+        );
+        let input = in_chain("input");
+        assert_eq!(input.len(), 3);
+        assert!(
+            input[1].contains("192.168.1.53")
+                && input[1].contains(r#"{"set":["tcp","udp"]}"#)
+                && input[1].contains("53")
+        );
+        // The owner record comes back from a listing.
+        let listing = serde_json::json!({"nftables": [{"rule": {"comment": rules.last().unwrap()["comment"]}}]});
+        assert_eq!(owner_in(&listing.to_string()), owner());
     }
 
     #[test]
-    fn comment_parsing() {
-        // A table of a run before the pid was recorded.
+    fn owner_records() {
+        let old = serde_json::json!({"nftables": [{"table": {"name": "cvpn_gw"}}, {"rule": {"comment": "cvpn-gw pid=7 ip_forward=1"}}]});
         assert_eq!(
-            parse_comment("table ip cvpn_gw {\n\tcomment \"cvpn-gw ip_forward=1\""),
+            owner_in(&old.to_string()),
             TableOwner {
-                pid: None,
-                ip_forward_before: "1".into()
+                pid: Some(7),
+                ip_forward_before: "1".into(),
+                conntrack_acct_before: String::new()
             }
         );
-        assert_eq!(parse_comment("table ip cvpn_gw {}"), TableOwner::default());
+        assert_eq!(owner_in("not json"), TableOwner::default());
     }
 }

@@ -48,6 +48,7 @@ fn serve(args: &[String]) -> Result<(), String> {
     sock.set_write_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
     println!("peer={}", peer.ip());
+    println!("peer-port={}", peer.port());
     let _ = std::io::stdout().flush();
     if args.iter().any(|a| a == "--upload") {
         sock.set_read_timeout(Some(Duration::from_secs(30)))
