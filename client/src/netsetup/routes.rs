@@ -154,13 +154,7 @@ impl Netlink {
 
     /// Deletes every IPv4 and IPv6 route carrying our protocol number.
     pub async fn remove_ours(&self) -> Result<usize, RouteError> {
-        let mut routes: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute()
-            .try_collect()
-            .await?;
+        let mut routes = self.ipv4_routes().await?;
         // A host without IPv6 has no IPv6 routes to dump.
         if let Ok(v6) = self
             .handle
@@ -201,15 +195,20 @@ const RTMGRP_IPV4_ROUTE: u32 = 0x40;
 const RT_TABLE_MAIN: u8 = 254;
 
 impl Netlink {
-    /// The unicast routes of the main IPv4 table.
-    pub async fn main_routes(&self) -> Result<Vec<TableRoute>, RouteError> {
-        let all: Vec<RouteMessage> = self
+    /// Every IPv4 route of every table.
+    async fn ipv4_routes(&self) -> Result<Vec<RouteMessage>, RouteError> {
+        Ok(self
             .handle
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute()
             .try_collect()
-            .await?;
+            .await?)
+    }
+
+    /// The unicast routes of the main IPv4 table.
+    pub async fn main_routes(&self) -> Result<Vec<TableRoute>, RouteError> {
+        let all = self.ipv4_routes().await?;
         Ok(all
             .into_iter()
             .filter(|r| r.header.table == RT_TABLE_MAIN && r.header.kind == RouteType::Unicast)
