@@ -22,7 +22,8 @@ stop_all() {
 }
 
 # start_system NAME / stop_system NAME: any system by its name in the
-# tables: plain, cvpn, cvpn-udp, cvpn-openvpn-udp, cvpn-openvpn-tcp (the
+# tables: plain, cvpn, cvpn-udp, cvpn-flowlog (cvpn with a flow log:
+# conntrack's per-flow counters and events), cvpn-openvpn-udp, cvpn-openvpn-tcp (the
 # stock openvpn client against cvpn-gw), openvpn-udp, openvpn-tcp,
 # ocserv-tls, ocserv-dtls; and cvpn-alt / cvpn-udp-alt, cvpn with the cvpn-gw and
 # cvpn-client found in $CVPN_ALT_BIN (an A/B of two builds in one run).
@@ -35,6 +36,7 @@ start_system() {
     plain) start_plain ;;
     cvpn) start_cvpn ;;
     cvpn-udp) CVPN_TRANSPORT=udp start_cvpn ;;
+    cvpn-flowlog) CVPN_FLOW_LOG=$WORK/flows.jsonl start_cvpn ;;
     cvpn-alt) BIN=$CVPN_ALT_BIN; start_cvpn || rc=$? ;;
     cvpn-udp-alt) BIN=$CVPN_ALT_BIN; CVPN_TRANSPORT=udp start_cvpn || rc=$? ;;
     cvpn-openvpn-udp) start_cvpn_openvpn udp ;;
@@ -71,6 +73,8 @@ stop_plain() {
 # cvpn_config [CLIENT_CIDR]: endpoint.toml, and bench.ovpnx if a "bench"
 # client exists. CVPN_TRANSPORT=udp adds the datagram channel.
 cvpn_config() {
+  local flow_log=""
+  [ -z "${CVPN_FLOW_LOG:-}" ] || flow_log="flow_log = \"$CVPN_FLOW_LOG\""
   cat >"$WORK/endpoint.toml" <<TOML
 listen = "$GW_OUT:443"
 client_cidr = "${1:-10.250.0.0/22}"
@@ -80,6 +84,7 @@ state_dir = "$WORK/state"
 # One source opens every load session: no per-source or endpoint cap.
 handshake_rate_per_source = 1000000
 max_connections = 1000000
+$flow_log
 
 [tls]
 cert = "$WORK/pki/issued/vpn.example.com.crt"
