@@ -155,7 +155,11 @@ destination = "10.250.0.0/22"
 #[test]
 fn openvpn_and_cvpn_clients_share_the_pool_the_policy_and_each_other() {
     let tb = Testbed::new("ovpn-mix", 2);
-    let config = tb.write_config("", GROUPS_AND_LOCAL);
+    let flows = tb.path("flows.jsonl");
+    let config = tb.write_config(
+        &format!("flow_log = \"{}\"", flows.display()),
+        GROUPS_AND_LOCAL,
+    );
     let gw = tb.start_gateway(&config);
     let alice = tb.client_profile("alice", &["eng"], 0);
     let bob = tb.client_profile("bob", &[], 1);
@@ -186,6 +190,29 @@ fn openvpn_and_cvpn_clients_share_the_pool_the_policy_and_each_other() {
         .collect();
     kinds.sort();
     assert_eq!(kinds, ["cvpn", "openvpn"], "{v}");
+
+    // The flow log names the OpenVPN user behind the ping to the target;
+    // refused packets and client-to-client traffic never became flows.
+    let text = std::fs::read_to_string(&flows).unwrap_or_default();
+    let starts: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|l: &serde_json::Value| l["flow-log-type"] == "flow-start")
+        .collect();
+    assert!(
+        starts.iter().any(|l| l["common-name"] == "alice"
+            && l["pkt-srcaddr"] == alice_ip.as_str()
+            && l["dstaddr"] == TARGET
+            && l["protocol"] == 1
+            && l["target-network"] == "tn-a"),
+        "{text}"
+    );
+    assert!(
+        starts
+            .iter()
+            .all(|l| l["common-name"] == "alice" && l["dstaddr"] == TARGET),
+        "{text}"
+    );
 }
 
 #[test]
