@@ -67,7 +67,9 @@ fn rules_change_live_and_groups_keep_their_meaning() {
 
     // Removing it denies at once.
     tb.write_config("", B_ONLY);
+    let t0 = std::time::Instant::now();
     ok(&mut reload(&tb));
+    eprintln!("reload applied and reported in {:?}", t0.elapsed());
     denied(c, PEERED);
     reaches(c, TARGET);
 

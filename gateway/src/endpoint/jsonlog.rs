@@ -6,6 +6,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
 
@@ -13,6 +14,8 @@ use serde_json::Value;
 pub struct JsonLog {
     path: PathBuf,
     file: Mutex<File>,
+    /// The last write failed: a full disk is reported once, not per line.
+    failing: AtomicBool,
 }
 
 impl JsonLog {
@@ -31,6 +34,7 @@ impl JsonLog {
         Ok(JsonLog {
             path: path.to_path_buf(),
             file: Mutex::new(file),
+            failing: AtomicBool::new(false),
         })
     }
 
@@ -40,8 +44,18 @@ impl JsonLog {
         let mut line = value.to_string();
         line.push('\n');
         let mut f = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = f.write_all(line.as_bytes()) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot write the log");
+        match f.write_all(line.as_bytes()) {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(path = %self.path.display(), "the log is written again");
+                }
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(path = %self.path.display(), error = %e,
+                                   "cannot write the log (lines are lost until it can)");
+                }
+            }
         }
     }
 }

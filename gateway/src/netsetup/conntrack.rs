@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use netlink_packet_core::{NLA_TYPE_MASK, NetlinkMessage, NetlinkPayload, Nla, NlasIterator};
 use netlink_packet_netfilter::conntrack::{
@@ -30,6 +31,8 @@ const CTA_COUNTERS_BYTES: u16 = 2;
 /// Room for bursts of events while the log is written: past it the kernel
 /// drops events and the socket reports ENOBUFS (counted).
 const RECEIVE_BUFFER: usize = 8 << 20;
+/// Lost events are counted each time, and logged at most this often.
+const OVERRUN_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A socket subscribed to conntrack's new and destroy events of this
 /// network namespace.
@@ -58,12 +61,17 @@ pub fn subscribe() -> std::io::Result<Socket> {
 pub fn run(socket: Socket, ep: Arc<Endpoint>, log: JsonLog) {
     let mut tracker = FlowTracker::default();
     let mut buf = vec![0u8; 1 << 16];
+    let mut warned: Option<Instant> = None;
     loop {
         let n = match socket.recv(&mut &mut buf[..], 0) {
             Ok(n) => n,
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                 ep.tally.flow_log_overruns.fetch_add(1, Ordering::Relaxed);
-                warn!("conntrack events were lost (the flow log fell behind)");
+                // Under a sustained flood, one line per interval.
+                if warned.is_none_or(|t| t.elapsed() >= OVERRUN_WARNING_INTERVAL) {
+                    warn!("conntrack events were lost (the flow log fell behind)");
+                    warned = Some(Instant::now());
+                }
                 continue;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
