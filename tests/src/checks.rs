@@ -2,7 +2,7 @@
 //! or refused the way the policy says, and the connection log's records.
 
 use crate::netns::sh;
-use crate::testbed::Testbed;
+use crate::testbed::{ENI, Testbed};
 
 /// Pings once; returns (answered, output).
 pub fn ping(ns: &str, dst: &str) -> (bool, String) {
@@ -26,6 +26,24 @@ pub fn denied(ns: &str, dst: &str) {
     assert!(
         !ok && out.contains("From 10.250.0.1") && out.contains("Packet filtered"),
         "{ns} -> {dst} should be denied: {out}"
+    );
+}
+
+/// 20 MB from the target to client namespace `c` on `port`, then 20 MB
+/// back on `port + 1` (seeds `seeds`): both arrive byte-exact, and the
+/// target sees the ENI address both times.
+pub fn transfers_both_ways_from_eni(tb: &Testbed, c: &str, port: u16, seeds: (u32, u32)) {
+    let (fetched, seen) = tb.transfer(c, port, seeds.0, false);
+    assert!(fetched.contains("ok 20000000 bytes"), "{fetched}");
+    assert!(
+        seen.contains(&format!("peer={ENI}\n")),
+        "target saw: {seen}"
+    );
+    let (pushed, checked) = tb.transfer(c, port + 1, seeds.1, true);
+    assert!(pushed.contains("sent 20000000 bytes"), "{pushed}");
+    assert!(
+        checked.contains(&format!("ok 20000000 bytes from {ENI}")),
+        "target saw: {checked}"
     );
 }
 

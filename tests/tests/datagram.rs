@@ -4,7 +4,7 @@
 //! when UDP is blocked the session carries on over its TLS stream.
 
 use cvpn_e2e::netns::sh_ok;
-use cvpn_e2e::testbed::{ENI, TARGET, Testbed};
+use cvpn_e2e::testbed::{TARGET, Testbed};
 
 const ALL_USERS: &str = r#"
 [[authorization_rules]]
@@ -47,14 +47,7 @@ fn small_packets_take_udp_and_the_stream_takes_over_when_udp_is_blocked() {
 
     // Bulk both ways, with small packets on UDP and big ones on the
     // stream: still byte-exact, from the ENI address.
-    let (fetched, seen) = tb.transfer(c, 5011, 3, false);
-    assert!(fetched.contains("ok 20000000 bytes"), "{fetched}");
-    assert!(seen.contains(&format!("peer={ENI}\n")), "{seen}");
-    let (_, checked) = tb.transfer(c, 5012, 4, true);
-    assert!(
-        checked.contains(&format!("ok 20000000 bytes from {ENI}")),
-        "{checked}"
-    );
+    cvpn_e2e::checks::transfers_both_ways_from_eni(&tb, c, 5011, (3, 4));
 
     // Garbage at the datagram port: no session id it knows, short, empty.
     sh_ok(

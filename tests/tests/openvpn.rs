@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use cvpn_e2e::checks::{connection_log, denied, ping};
+use cvpn_e2e::checks::{connection_log, denied, ping, transfers_both_ways_from_eni};
 use cvpn_e2e::netns::{Proc, in_ns, sh_ok};
-use cvpn_e2e::testbed::{ENI, TARGET, Testbed};
+use cvpn_e2e::testbed::{TARGET, Testbed};
 
 const ALL_USERS: &str = r#"
 [[authorization_rules]]
@@ -69,18 +69,7 @@ fn openvpn_over_tcp_gets_an_address_routes_and_the_target() {
         ]
     );
     sh_ok(c, &format!("ping -c 2 -W 3 {TARGET}"));
-    let (fetched, seen) = tb.transfer(c, 5001, 7, false);
-    assert!(fetched.contains("ok 20000000 bytes"), "{fetched}");
-    assert!(
-        seen.contains(&format!("peer={ENI}\n")),
-        "target saw: {seen}"
-    );
-    let (pushed, checked) = tb.transfer(c, 5002, 9, true);
-    assert!(pushed.contains("sent 20000000 bytes"), "{pushed}");
-    assert!(
-        checked.contains(&format!("ok 20000000 bytes from {ENI}")),
-        "target saw: {checked}"
-    );
+    transfers_both_ways_from_eni(&tb, c, 5001, (7, 9));
     let v = tb.connections();
     let s = &v["connections"][0];
     assert_eq!(s["protocol"], "openvpn", "{v}");
@@ -122,18 +111,7 @@ fn openvpn_over_udp_full_tunnel() {
         "{routes:?}"
     );
     sh_ok(c, &format!("ping -c 2 -W 3 {TARGET}"));
-    let (fetched, seen) = tb.transfer(c, 5001, 3, false);
-    assert!(fetched.contains("ok 20000000 bytes"), "{fetched}");
-    assert!(
-        seen.contains(&format!("peer={ENI}\n")),
-        "target saw: {seen}"
-    );
-    let (pushed, checked) = tb.transfer(c, 5002, 4, true);
-    assert!(pushed.contains("sent 20000000 bytes"), "{pushed}");
-    assert!(
-        checked.contains("ok 20000000 bytes"),
-        "target saw: {checked}"
-    );
+    transfers_both_ways_from_eni(&tb, c, 5001, (3, 4));
     let v = tb.connections();
     assert_eq!(v["connections"][0]["transport-protocol"], "udp", "{v}");
     client.stop();

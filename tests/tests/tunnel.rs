@@ -1,8 +1,9 @@
 //! The tunnel end to end, in namespaces: reachability through SNAT, pushed
 //! routes, cleanup of everything the client installed.
 
+use cvpn_e2e::checks::transfers_both_ways_from_eni;
 use cvpn_e2e::netns::{sh, sh_ok};
-use cvpn_e2e::testbed::{ENI, PEERED, TARGET, Testbed};
+use cvpn_e2e::testbed::{PEERED, TARGET, Testbed};
 
 const ALL_USERS: &str = r#"
 [[authorization_rules]]
@@ -55,20 +56,9 @@ fn split_tunnel_reaches_target_and_peered_network() {
     sh_ok(c, &format!("ping -c 2 -W 3 {PEERED}"));
 
     // 20 MB, byte-exact; the target sees the ENI address.
-    let (fetched, seen) = tb.transfer(c, 5001, 7, false);
-    assert!(fetched.contains("ok 20000000 bytes"), "{fetched}");
-    assert!(
-        seen.contains(&format!("peer={ENI}\n")),
-        "target saw: {seen}"
-    );
     // 20 MB the other way: what the client's tun device reads goes out
     // behind frame headers written in place.
-    let (pushed, checked) = tb.transfer(c, 5002, 9, true);
-    assert!(pushed.contains("sent 20000000 bytes"), "{pushed}");
-    assert!(
-        checked.contains(&format!("ok 20000000 bytes from {ENI}")),
-        "target saw: {checked}"
-    );
+    transfers_both_ways_from_eni(&tb, c, 5001, (7, 9));
 
     // The stream crossed as segmentation-offload frames, not 1500-byte packets.
     let v = tb.connections();
