@@ -44,6 +44,8 @@ fn configs(dir: &std::path::Path) -> (Arc<rustls::ServerConfig>, Arc<ClientConfi
         client_ca: store.ca_cert_path(),
         crl: Some(store.crl_path()),
         tls_crypt: None,
+        min_version: cvpn_gw::config::TlsVersion::Tls12,
+        reneg: cvpn_gw::config::DEFAULT_RENEG,
     })
     .unwrap();
     let mut roots = RootCertStore::empty();

@@ -24,6 +24,10 @@ pub const DEFAULT_MAX_SESSIONS_PER_IDENTITY: u32 = 1;
 pub const DEFAULT_HANDSHAKE_RATE_PER_SOURCE: u32 = 20;
 /// Sessions of the endpoint at once.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// OpenVPN's reneg-sec default: keys are renegotiated hourly.
+pub const DEFAULT_RENEG: Duration = Duration::from_secs(3600);
+/// The longest `[tls] reneg_seconds` (a week).
+pub const MAX_RENEG_SECONDS: i64 = 7 * 24 * 3600;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +70,8 @@ struct RawTls {
     client_ca: PathBuf,
     crl: Option<PathBuf>,
     tls_crypt: Option<PathBuf>,
+    min_version: Option<String>,
+    reneg_seconds: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +111,30 @@ pub struct TlsFiles {
     /// OpenVPN tls-crypt key (optional): OpenVPN packets without it get
     /// no answer.
     pub tls_crypt: Option<PathBuf>,
+    /// The oldest TLS version OpenVPN clients may use (cvpn/1 is always
+    /// TLS 1.3).
+    pub min_version: TlsVersion,
+    /// OpenVPN clients' keys are renegotiated by the endpoint after this
+    /// (OpenVPN's reneg-sec); zero: only when a key wears out.
+    pub reneg: Duration,
+}
+
+/// A TLS protocol version the endpoint may take from OpenVPN clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2 (with extended master secret) and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+impl fmt::Display for TlsVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use rustls::server::{ServerConfig, WebPkiClientVerifier};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore};
 
-use crate::config::TlsFiles;
+use crate::config::{TlsFiles, TlsVersion};
 
 /// A TLS file that cannot be used, or a configuration rustls refuses.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,7 @@ pub type PresentedSlot = Arc<Mutex<Option<Presented>>>;
 pub struct Acceptor {
     verifier: Arc<dyn ClientCertVerifier>,
     cert: Arc<CertifiedKey>,
+    openvpn_min: TlsVersion,
 }
 
 impl Acceptor {
@@ -109,40 +110,64 @@ impl Acceptor {
         Ok(Acceptor {
             verifier,
             cert: Arc::new(cert),
+            openvpn_min: files.min_version,
         })
     }
 
     /// A configuration for one connection, and where its verifier leaves
     /// the certificate the client presented.
     pub fn for_connection(&self) -> Result<(Arc<ServerConfig>, PresentedSlot), TlsError> {
+        let (mut config, slot) = self.config(&[&rustls::version::TLS13])?;
+        config.alpn_protocols = vec![cvpn_proto::ALPN.to_vec()];
+        // The tunnel seals its records itself (cvpn_proto::tls) with the
+        // secrets rustls negotiates; nothing resumes sessions.
+        config.enable_secret_extraction = true;
+        Ok((Arc::new(config), slot))
+    }
+
+    /// The same for an OpenVPN client: its TLS runs inside the control
+    /// channel and names no ALPN protocol; data keys come from the TLS
+    /// exporter or the PRF, so no secret leaves rustls. TLS 1.2 is taken
+    /// unless `[tls] min_version` says 1.3 (OpenVPN 3 with mbed TLS and
+    /// routers' clients have nothing newer), only with ECDHE, AEAD suites
+    /// and the extended master secret.
+    pub fn for_openvpn(&self) -> Result<(Arc<ServerConfig>, PresentedSlot), TlsError> {
+        let versions: &[&'static rustls::SupportedProtocolVersion] = match self.openvpn_min {
+            TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        };
+        let (mut config, slot) = self.config(versions)?;
+        config.require_ems = true;
+        Ok((Arc::new(config), slot))
+    }
+
+    fn config(
+        &self,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<(ServerConfig, PresentedSlot), TlsError> {
         let slot = PresentedSlot::default();
         let verifier = Arc::new(ClientAuthRequired {
             inner: self.verifier.clone(),
             presented: slot.clone(),
         });
         let mut config = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(versions)
             .map_err(|e| TlsError::Config(e.to_string()))?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(self.cert.clone())));
-        config.alpn_protocols = vec![cvpn_proto::ALPN.to_vec()];
-        // The tunnel seals its records itself (cvpn_proto::tls) with the
-        // secrets rustls negotiates; nothing resumes sessions.
-        config.enable_secret_extraction = true;
         config.send_tls13_tickets = 0;
-        Ok((Arc::new(config), slot))
+        // Nothing resumes sessions (TLS 1.2 session ids neither).
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        Ok((config, slot))
     }
+}
 
-    /// The same for an OpenVPN client: its TLS runs inside the control
-    /// channel and names no ALPN protocol; data keys come from the TLS
-    /// exporter, so no secret leaves rustls.
-    pub fn for_openvpn(&self) -> Result<(Arc<ServerConfig>, PresentedSlot), TlsError> {
-        let (config, slot) = self.for_connection()?;
-        let mut config = Arc::unwrap_or_clone(config);
-        config.alpn_protocols.clear();
-        config.enable_secret_extraction = false;
-        Ok((Arc::new(config), slot))
-    }
+/// Whether a TLS failure says that the client offers no protocol version
+/// the endpoint takes.
+pub fn is_version_mismatch(error: &str) -> bool {
+    error.contains("SupportedVersionsExtensionRequired")
+        || error.contains("ProtocolVersion")
+        || error.contains("protocol version")
 }
 
 /// The CA and CRL checks of webpki, plus what webpki lets pass: a client

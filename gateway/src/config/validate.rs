@@ -96,6 +96,30 @@ impl Validator {
             raw.handshake_rate_per_source,
             DEFAULT_HANDSHAKE_RATE_PER_SOURCE,
         );
+        let min_version = match raw.tls.min_version.as_deref() {
+            None | Some("1.2") => TlsVersion::Tls12,
+            Some("1.3") => TlsVersion::Tls13,
+            Some(other) => {
+                self.bad(
+                    "tls.min_version",
+                    format!("{other:?}: expected \"1.2\" or \"1.3\""),
+                );
+                TlsVersion::Tls12
+            }
+        };
+        let reneg = match raw.tls.reneg_seconds {
+            None => DEFAULT_RENEG,
+            Some(n @ 0..=MAX_RENEG_SECONDS) => Duration::from_secs(n as u64),
+            Some(n) => {
+                self.bad(
+                    "tls.reneg_seconds",
+                    format!(
+                        "{n}: must be between 0 (only when a key wears out) and {MAX_RENEG_SECONDS}"
+                    ),
+                );
+                DEFAULT_RENEG
+            }
+        };
         let targets = self.targets(raw.target_networks, cidr);
         let routes = self.routes(raw.routes, &targets, cidr);
         let rules = self.rules(raw.authorization_rules);
@@ -128,6 +152,8 @@ impl Validator {
                 client_ca: resolve(raw.tls.client_ca),
                 crl: raw.tls.crl.map(resolve),
                 tls_crypt: raw.tls.tls_crypt.map(resolve),
+                min_version,
+                reneg,
             },
             target_networks: targets,
             routes,

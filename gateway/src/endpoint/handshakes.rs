@@ -72,6 +72,41 @@ impl SourceRate {
     }
 }
 
+/// One token bucket for everyone: `rate` per second, bursts of twice
+/// that. Bounds what strangers can make the endpoint send (the answers to
+/// OpenVPN resets, whatever their claimed source).
+pub struct GlobalRate {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl GlobalRate {
+    /// Allows `rate` events per second.
+    pub fn new(rate: u32, now: Instant) -> GlobalRate {
+        let rate = f64::from(rate.max(1));
+        GlobalRate {
+            rate,
+            tokens: rate * 2.0,
+            at: now,
+        }
+    }
+
+    /// Whether one more event at `now` is within the rate (taking a
+    /// token if so).
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate * 2.0);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 struct SourceFailures {
     count: u64,
     last_reason: String,
@@ -177,6 +212,15 @@ mod tests {
         assert!(r.allow(a, t0 + Duration::from_millis(150)));
         let later = t0 + Duration::from_secs(10);
         assert_eq!((0..100).filter(|_| r.allow(a, later)).count(), 20);
+    }
+
+    #[test]
+    fn the_global_rate_holds_for_all_sources_together() {
+        let t0 = Instant::now();
+        let mut g = GlobalRate::new(100, t0);
+        assert_eq!((0..1000).filter(|_| g.allow(t0)).count(), 200);
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!((0..1000).filter(|_| g.allow(later)).count(), 10);
     }
 
     #[test]

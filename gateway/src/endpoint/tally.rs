@@ -29,7 +29,7 @@ pub struct Drops {
 }
 
 /// Why connection attempts fail, as few labels as tell them apart.
-pub const FAILURE_REASONS: [&str; 9] = [
+pub const FAILURE_REASONS: [&str; 11] = [
     "certificate_revoked",
     "certificate_refused",
     "tls_handshake",
@@ -39,6 +39,8 @@ pub const FAILURE_REASONS: [&str; 9] = [
     "pool_exhausted",
     "protocol",
     "timeout",
+    "tls_version",
+    "no_shared_cipher",
 ];
 /// Any other reason.
 const OTHER: usize = FAILURE_REASONS.len();
@@ -47,7 +49,11 @@ const OTHER: usize = FAILURE_REASONS.len();
 pub fn failure_reason(reason: &str) -> usize {
     let r = reason.to_ascii_lowercase();
     let has = |s: &str| r.contains(s);
-    if has("revoked") {
+    if has("tls_version") {
+        9
+    } else if has("no shared data cipher") {
+        10
+    } else if has("revoked") {
         0
     } else if has("invalid peer certificate")
         || has("no client certificate")
@@ -212,6 +218,14 @@ mod tests {
         assert_eq!(label("no free address in client_cidr"), "pool_exhausted");
         assert_eq!(label("bad hello: packet before hello"), "protocol");
         assert_eq!(label("not authenticated within 20 s"), "timeout");
+        assert_eq!(
+            label("tls_version: the client offers no TLS version from 1.3 up"),
+            "tls_version"
+        );
+        assert_eq!(
+            label(crate::protocol::openvpn::control::NO_SHARED_CIPHER),
+            "no_shared_cipher"
+        );
         assert_eq!(label("something else"), "other");
     }
 }

@@ -16,16 +16,24 @@ use super::{Client, OpenVpnLink, Wrapping};
 use crate::endpoint::connlog::{Event as LogEvent, Record, new_connection_id};
 use crate::endpoint::session::{Identity, NewSession, Protocol, Session};
 use crate::endpoint::{Endpoint, IDLE_TIMEOUT, KEEPALIVE};
-use crate::protocol::openvpn::control::{Control, Event, TlsFactory};
+use crate::protocol::openvpn::control::{Control, Event, HAND_WINDOW, TlsFactory};
 use crate::protocol::openvpn::data::PING;
-use crate::protocol::openvpn::keys::iv_proto;
+use crate::protocol::openvpn::keys::{PeerInfo, iv_proto};
 use crate::protocol::openvpn::packet::ControlPacket;
 use crate::protocol::openvpn::push::{self, Negotiated};
 
-/// A client must be authenticated within this.
-pub const AUTH_TIMEOUT: Duration = Duration::from_secs(20);
+/// A client must be authenticated within this: OpenVPN's hand-window,
+/// time enough for a smartcard PIN or a key-store prompt. The client
+/// holds one of the endpoint's handshake slots meanwhile.
+pub const AUTH_TIMEOUT: Duration = HAND_WINDOW;
 /// How long a leaving session waits for its last message to be taken.
 const LINGER: Duration = Duration::from_millis(500);
+/// How long a refused client's AUTH_FAILED is sent again (over UDP)
+/// until the client acknowledges it.
+const REFUSAL_LINGER: Duration = Duration::from_secs(15);
+/// What a refusal a retry can fix tells clients to wait before they try
+/// again, in seconds.
+const TEMP_BACKOFF: u32 = 10;
 
 /// The TLS configurations of a client's key ids: the endpoint's current.
 pub fn tls_factory(ep: &Arc<Endpoint>) -> TlsFactory {
@@ -45,6 +53,9 @@ pub struct Start {
     pub permit: Option<OwnedSemaphorePermit>,
     /// Its tls-crypt wrapping, if the endpoint has a key.
     pub wrapping: Option<Wrapping>,
+    /// What the shell does once the client is admitted (UDP: the client
+    /// takes its address over from any session there before).
+    pub on_admit: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 /// Drives a client until its session ends; returns why.
@@ -56,6 +67,7 @@ pub async fn drive(
     mut start: Start,
 ) {
     let auth_deadline = Instant::now() + AUTH_TIMEOUT;
+    control.set_reneg(Some(ep.config().tls.reneg));
     let mut run = Run {
         ep: &ep,
         client: &client,
@@ -89,6 +101,7 @@ pub async fn drive(
             },
             _ = sleep_until(tick) => run.timers(&mut control),
             r = ended => Err(r),
+            r = client.stopped() => Err(r),
             _ = sleep_until(deadline) => Err(match session {
                 Some(_) => "session timeout".to_string(),
                 None => format!("not authenticated within {} s", AUTH_TIMEOUT.as_secs()),
@@ -146,14 +159,21 @@ impl Run<'_> {
         let Ok(p) = ControlPacket::parse(&plain) else {
             return Ok(());
         };
-        control.receive(&p, std::time::Instant::now())?;
-        self.client.heard();
+        // Only the session's own packets keep it alive: a stranger that
+        // knows the address must not hold its slot.
+        if control.receive(&p, std::time::Instant::now())? {
+            self.client.heard();
+        }
         Ok(())
     }
 
     /// Control-channel timers, the keepalive ping, the idle timeout.
     fn timers(&mut self, control: &mut Control) -> Result<(), String> {
-        control.on_timeout(std::time::Instant::now())?;
+        let now = std::time::Instant::now();
+        control.on_timeout(now)?;
+        if self.client.data.worn_out() {
+            control.renegotiate(now)?;
+        }
         if self.client.session.get().is_some() {
             if self.client.last_heard().elapsed() >= IDLE_TIMEOUT {
                 return Err("client silent past the keepalive timeout".into());
@@ -195,6 +215,9 @@ impl Run<'_> {
                             .then_some(self.client.peer_id),
                     });
                     self.admit(control, start, identity, &peer_info).await?;
+                    if let Some(f) = start.on_admit.take() {
+                        f();
+                    }
                     push |= peer_info.has(iv_proto::REQUEST_PUSH);
                 }
                 Event::Keys {
@@ -211,6 +234,13 @@ impl Run<'_> {
                 }
                 Event::Active { key_id } => self.client.data.activate(key_id),
                 Event::Retired { key_id } => self.client.data.retire(key_id),
+                Event::Refused { identity, reason } => {
+                    start.permit = None;
+                    let _ = control.send_message(&format!("AUTH_FAILED,{reason}"));
+                    self.ep
+                        .log_refused(&failure(start, Some(identity.common_name), &reason));
+                    return Err(format!("refused: {reason}"));
+                }
                 Event::PushRequest => push = true,
                 Event::Exit => return Err("client disconnected".into()),
             }
@@ -232,8 +262,9 @@ impl Run<'_> {
         let admitted = match ep.admit(&identity.common_name).await {
             Ok(a) => a,
             Err(why) => {
-                let _ = control.send_message(&format!("AUTH_FAILED,{why}"));
-                self.flush(control);
+                // Both of admission's refusals (max_connections, the pool
+                // exhausted) are ones a retry can get past.
+                let _ = control.send_message(&auth_failed_temp(peer_info, &why));
                 ep.log_refused(&failure(start, Some(identity.common_name), &why));
                 return Err(format!("refused: {why}"));
             }
@@ -280,7 +311,8 @@ impl Run<'_> {
     }
 
     /// Tells the client why it must go (when it did not leave itself),
-    /// gives the message a moment, and logs the end.
+    /// gives the message a moment, and logs the end. A refused client's
+    /// AUTH_FAILED is sent until it is acknowledged.
     async fn finish(
         &mut self,
         control: &mut Control,
@@ -291,9 +323,17 @@ impl Run<'_> {
         let ep = self.ep;
         let Some(session) = self.client.session.get().cloned() else {
             if reason.starts_with("refused: ") {
+                self.linger(control, inbound, REFUSAL_LINGER).await;
                 return;
             }
             match control.presented() {
+                _ if crate::tls::is_version_mismatch(&reason) => {
+                    let why = format!(
+                        "tls_version: the client offers no TLS version from {} up ({reason})",
+                        ep.config().tls.min_version
+                    );
+                    ep.log_refused(&failure(start, None, &why));
+                }
                 Some(p) => ep.log_refused(&failure(start, p.common_name, &reason)),
                 None => ep.failed_without_certificate(start.device, &reason),
             }
@@ -304,17 +344,7 @@ impl Run<'_> {
         ep.end(&session);
         if let Some(signal) = signal_for(&reason) {
             let _ = control.send_message(&format!("{signal},{reason}"));
-            let until = Instant::now() + LINGER;
-            loop {
-                self.flush(control);
-                tokio::select! {
-                    m = inbound.recv() => match m {
-                        Some(b) => drop(self.receive(control, b)),
-                        None => break,
-                    },
-                    _ = sleep_until(until) => break,
-                }
-            }
+            self.linger(control, inbound, LINGER).await;
         }
         info!(connection_id = %session.connection_id, common_name = %untrusted(&session.common_name),
               reason = %untrusted(&reason), "session ended");
@@ -323,6 +353,55 @@ impl Run<'_> {
             reason,
             traffic: session.traffic(),
         }));
+    }
+
+    /// Sends what is queued, again when due, and takes the client's
+    /// acknowledgements, until all is acknowledged or `at_most` passed.
+    async fn linger(
+        &mut self,
+        control: &mut Control,
+        inbound: &mut mpsc::Receiver<Vec<u8>>,
+        at_most: Duration,
+    ) {
+        let until = Instant::now() + at_most;
+        loop {
+            self.flush(control);
+            if control.all_acknowledged() {
+                return;
+            }
+            let tick = control
+                .next_timeout()
+                .map(Instant::from_std)
+                .unwrap_or(until)
+                .min(until);
+            tokio::select! {
+                m = inbound.recv() => match m {
+                    Some(b) => {
+                        if self.receive(control, b).is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+                _ = sleep_until(tick) => {
+                    if Instant::now() >= until {
+                        return;
+                    }
+                    let _ = control.on_timeout(std::time::Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// AUTH_FAILED for a refusal that a retry can get past: `TEMP` with a
+/// backoff for clients that take it (they retry then), the plain one
+/// for others.
+fn auth_failed_temp(peer_info: &PeerInfo, why: &str) -> String {
+    if peer_info.has(iv_proto::AUTH_FAIL_TEMP) {
+        format!("AUTH_FAILED,TEMP[backoff {TEMP_BACKOFF}]:{why}")
+    } else {
+        format!("AUTH_FAILED,{why}")
     }
 }
 

@@ -37,6 +37,9 @@ pub struct Client {
     pub session: OnceLock<Arc<Session>>,
     base: Instant,
     last_heard_ms: AtomicU64,
+    /// Why the shell ends the client (before or after admission).
+    stop: Mutex<Option<String>>,
+    stopped: tokio::sync::Notify,
 }
 
 impl Client {
@@ -49,6 +52,27 @@ impl Client {
             session: OnceLock::new(),
             base: Instant::now(),
             last_heard_ms: AtomicU64::new(0),
+            stop: Mutex::new(None),
+            stopped: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Ends the client's driver, authenticated or not, for `reason`.
+    pub fn stop(&self, reason: &str) {
+        let mut stop = self.stop.lock().unwrap_or_else(|p| p.into_inner());
+        stop.get_or_insert_with(|| reason.to_string());
+        drop(stop);
+        self.stopped.notify_one();
+    }
+
+    /// Waits for `stop`; returns its reason.
+    pub async fn stopped(&self) -> String {
+        loop {
+            let notified = self.stopped.notified();
+            if let Some(r) = self.stop.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                return r;
+            }
+            notified.await;
         }
     }
 

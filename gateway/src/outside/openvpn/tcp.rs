@@ -18,7 +18,7 @@ use super::{Client, Received, Wire};
 use crate::endpoint::Endpoint;
 use crate::endpoint::forward::reply_buffer;
 use crate::outside::Outside;
-use crate::protocol::openvpn::control::Control;
+use crate::protocol::openvpn::control::{Control, MAX_CONTROL_PACKET};
 use crate::protocol::openvpn::packet::{self, ControlPacket, HARD_RESET_CLIENT_V2};
 
 /// An OpenVPN packet on TCP is at most this long (the length field's
@@ -27,8 +27,9 @@ const MAX_FRAME: usize = u16::MAX as usize;
 /// Bytes queued for one client at most; past it packets are dropped, as
 /// a full interface queue would.
 const OUTBOX_LIMIT: usize = 2 * 1024 * 1024;
-/// Control packets waiting for the driver at most.
-const CONTROL_QUEUE: usize = 64;
+/// Control packets waiting for the driver at most (each at most
+/// MAX_CONTROL_PACKET bytes).
+const CONTROL_QUEUE: usize = 16;
 
 /// A client's stream outbox: length-prefixed packets.
 #[derive(Default)]
@@ -161,6 +162,7 @@ pub async fn serve(out: Outside, tcp: TcpStream, device: SocketAddr, permit: Own
         udp: false,
         permit: Some(permit),
         wrapping,
+        on_admit: None,
     };
     driver::drive(ep, client.clone(), control, rx, start).await;
     out.openvpn.remove(client.peer_id);
@@ -189,6 +191,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
             if exit == Received::Exit {
                 return;
             }
+        } else if frame.len() > MAX_CONTROL_PACKET {
+            // No client sends larger ones: dropped, never queued.
+            ep.drops.malformed.fetch_add(1, Ordering::Relaxed);
         } else if tx.send(frame.to_vec()).await.is_err() {
             return;
         }

@@ -11,21 +11,24 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+use tracing::debug;
 
 use super::driver::{self, Start, tls_factory};
 use super::{Client, Clients, RESET_PACKET_ID, Wire, unix_now};
 use crate::endpoint::Endpoint;
 use crate::endpoint::forward::Reply;
+use crate::endpoint::handshakes::GlobalRate;
 use crate::outside::udp::{send_from, send_segmented};
-use crate::protocol::openvpn::control::Control;
+use crate::protocol::openvpn::control::{Control, MAX_CONTROL_PACKET};
 use crate::protocol::openvpn::cookie::CookieKey;
 use crate::protocol::openvpn::packet::{
-    self, Acks, ControlPacket, HARD_RESET_CLIENT_V2, HARD_RESET_SERVER_V2,
+    self, Acks, ControlPacket, HARD_RESET_CLIENT_V2, HARD_RESET_SERVER_V2, SessionId,
 };
 
-/// Control packets waiting for a driver at most; more are dropped (the
-/// client sends them again).
-const CONTROL_QUEUE: usize = 64;
+/// Control packets waiting for a driver at most (each at most
+/// MAX_CONTROL_PACKET bytes); more are dropped (the client sends them
+/// again).
+const CONTROL_QUEUE: usize = 16;
 
 /// A client's UDP address and the gateway address it sends to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -68,7 +71,39 @@ struct UdpClient {
     client: Arc<Client>,
     wire: Arc<DatagramWire>,
     control: mpsc::Sender<Vec<u8>>,
+    /// The client's control session id.
+    sid: SessionId,
 }
+
+impl UdpClient {
+    fn addr(&self) -> SocketAddr {
+        self.wire
+            .peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .addr
+    }
+
+    fn common_name(&self) -> Option<&str> {
+        self.client.session.get().map(|s| s.common_name.as_str())
+    }
+}
+
+/// Who is where. Lock order: these maps, then a wire's peer.
+#[derive(Default)]
+struct Maps {
+    /// The client that holds each address: the one admitted last there
+    /// (DATA_V1 packets, and no other client floats onto it).
+    by_addr: HashMap<SocketAddr, Arc<UdpClient>>,
+    /// Control packets go by address and the client's session id: a new
+    /// session from a known address is a new client, not the old one's.
+    by_sid: HashMap<(SocketAddr, SessionId), Arc<UdpClient>>,
+    by_peer_id: HashMap<u32, Arc<UdpClient>>,
+}
+
+/// Cookie answers per second, all sources together (bursts of twice
+/// that): what a flood of spoofed resets can make the endpoint send.
+const COOKIE_ANSWERS_PER_SECOND: u32 = 4096;
 
 /// The OpenVPN side of the UDP socket.
 pub struct UdpServer {
@@ -76,9 +111,15 @@ pub struct UdpServer {
     clients: Arc<Clients>,
     socket: Arc<UdpSocket>,
     cookie: CookieKey,
+    cookie_rate: Mutex<GlobalRate>,
     runtime: tokio::runtime::Handle,
-    by_addr: Mutex<HashMap<SocketAddr, Arc<UdpClient>>>,
-    by_peer_id: Mutex<HashMap<u32, Arc<UdpClient>>>,
+    maps: Mutex<Maps>,
+}
+
+/// The session id of a control packet's sender: in the clear after the
+/// opcode byte, with or without tls-crypt.
+fn sender_sid(dgram: &[u8]) -> Option<SessionId> {
+    dgram.get(1..1 + packet::SID_LEN)?.try_into().ok()
 }
 
 impl UdpServer {
@@ -95,15 +136,14 @@ impl UdpServer {
             clients,
             socket,
             cookie: CookieKey::new()?,
+            cookie_rate: Mutex::new(GlobalRate::new(COOKIE_ANSWERS_PER_SECOND, Instant::now())),
             runtime,
-            by_addr: Mutex::new(HashMap::new()),
-            by_peer_id: Mutex::new(HashMap::new()),
+            maps: Mutex::new(Maps::default()),
         })
     }
 
-    fn by_addr(&self, addr: SocketAddr) -> Option<Arc<UdpClient>> {
-        let map = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(&addr).cloned()
+    fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+        self.maps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// One datagram from `from` (sent to the gateway's `local` address).
@@ -119,12 +159,13 @@ impl UdpServer {
         };
         let (opcode, _) = packet::split_first_byte(first);
         if packet::is_data(opcode) {
-            let known = match opcode {
-                packet::DATA_V2 => packet::data_v2_peer_id(dgram).and_then(|id| {
-                    let map = self.by_peer_id.lock().unwrap_or_else(|p| p.into_inner());
-                    map.get(&id).cloned()
-                }),
-                _ => self.by_addr(from),
+            let known = {
+                let maps = self.maps();
+                match opcode {
+                    packet::DATA_V2 => packet::data_v2_peer_id(dgram)
+                        .and_then(|id| maps.by_peer_id.get(&id).cloned()),
+                    _ => maps.by_addr.get(&from).cloned(),
+                }
             };
             let Some(c) = known else {
                 self.ep.drops.no_session.fetch_add(1, Ordering::Relaxed);
@@ -136,29 +177,80 @@ impl UdpServer {
             }
             return;
         }
-        match self.by_addr(from) {
+        // No client sends larger ones: never queued, never buffered.
+        if dgram.len() > MAX_CONTROL_PACKET {
+            self.ep.drops.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let Some(sid) = sender_sid(dgram) else {
+            return;
+        };
+        let known = self.maps().by_sid.get(&(from, sid)).cloned();
+        match known {
             // Full: dropped, the client sends it again.
             Some(c) => drop(c.control.try_send(dgram.to_vec())),
             None => self.first_contact(dgram, from, local),
         }
     }
 
-    /// An authentic packet came from `now`: replies go there from now on.
+    /// An authentic packet came from `now`: replies go there from now on,
+    /// unless another client holds that address. As OpenVPN's server
+    /// (multi_process_float), a session of another certificate keeps it;
+    /// one of the same certificate is ended.
     fn float(&self, c: &Arc<UdpClient>, now: Peer) {
-        let mut peer = c.wire.peer.lock().unwrap_or_else(|p| p.into_inner());
-        if *peer == now {
+        if *c.wire.peer.lock().unwrap_or_else(|p| p.into_inner()) == now {
             return;
         }
-        let old = std::mem::replace(&mut *peer, now);
-        drop(peer);
-        let mut map = self.by_addr.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&old.addr);
-        map.insert(now.addr, c.clone());
+        let mut maps = self.maps();
+        if let Some(holder) = maps.by_addr.get(&now.addr).cloned()
+            && !Arc::ptr_eq(&holder, c)
+        {
+            if holder.common_name() != c.common_name() || c.common_name().is_none() {
+                self.ep.drops.spoofed.fetch_add(1, Ordering::Relaxed);
+                debug!(peer = %now.addr, "float refused: another session holds the address");
+                return;
+            }
+            holder
+                .client
+                .stop("replaced by a new session of the same identity");
+        }
+        let old = std::mem::replace(
+            &mut *c.wire.peer.lock().unwrap_or_else(|p| p.into_inner()),
+            now,
+        );
+        if maps
+            .by_addr
+            .get(&old.addr)
+            .is_some_and(|h| Arc::ptr_eq(h, c))
+        {
+            maps.by_addr.remove(&old.addr);
+        }
+        maps.by_addr.insert(now.addr, c.clone());
+        maps.by_sid.remove(&(old.addr, c.sid));
+        maps.by_sid.insert((now.addr, c.sid), c.clone());
     }
 
-    /// A control packet from an address without a client: a reset gets
-    /// the cookie (within the source's handshake rate), the packet that
-    /// echoes it creates the client. Anything else gets nothing.
+    /// A client was admitted: it holds its address from now on, and any
+    /// other session there (a client restarted on the same port, a
+    /// carrier NAT reusing it) ends.
+    fn take_address(&self, c: &Arc<UdpClient>) {
+        let mut maps = self.maps();
+        let addr = c.addr();
+        for other in maps.by_sid.values() {
+            if !Arc::ptr_eq(other, c) && other.addr() == addr {
+                other
+                    .client
+                    .stop("replaced by a new session from the same address");
+            }
+        }
+        maps.by_addr.insert(addr, c.clone());
+    }
+
+    /// A control packet from an address without a client of its session
+    /// id: a reset gets the cookie (within the endpoint's rate of
+    /// answers), the packet that echoes it creates the client (within the
+    /// source's handshake rate: the echo proves the address). Anything
+    /// else gets nothing.
     fn first_contact(self: &Arc<Self>, dgram: &[u8], from: SocketAddr, local: Option<Ipv4Addr>) {
         let crypt = self.clients.tls_crypt.as_ref();
         let plain = match crypt {
@@ -175,11 +267,10 @@ impl UdpServer {
         let now = unix_now();
         if p.opcode == HARD_RESET_CLIENT_V2 && p.key_id == 0 && p.message_id == Some(0) {
             let allowed = self
-                .ep
-                .source_rate
+                .cookie_rate
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .allow(from.ip(), Instant::now());
+                .allow(Instant::now());
             if allowed {
                 let sid = self.cookie.session_id(from, &p.session_id, now);
                 let answer = server_reset(&p, sid);
@@ -197,11 +288,35 @@ impl UdpServer {
         let Some(server_sid) = p.remote_session_id else {
             return;
         };
+        let within_rate = self
+            .ep
+            .source_rate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(from.ip(), Instant::now());
+        if !within_rate {
+            return self
+                .ep
+                .failed_without_certificate(from, "over the source address's handshake rate");
+        }
         let Ok(permit) = self.ep.handshakes.clone().try_acquire_owned() else {
             self.ep
                 .failed_without_certificate(from, "too many handshakes in progress");
             return;
         };
+        self.create(&p, server_sid, dgram, Peer { addr: from, local }, permit);
+    }
+
+    /// The client an echoed cookie makes, and its driver.
+    fn create(
+        self: &Arc<Self>,
+        p: &ControlPacket<'_>,
+        server_sid: SessionId,
+        dgram: &[u8],
+        peer: Peer,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let from = peer.addr;
         let control = match Control::after_cookie(
             p.session_id,
             server_sid,
@@ -213,7 +328,7 @@ impl UdpServer {
         };
         let wire = Arc::new(DatagramWire {
             socket: self.socket.clone(),
-            peer: Mutex::new(Peer { addr: from, local }),
+            peer: Mutex::new(peer),
         });
         let Some(client) = self.clients.add(|id| Client::new(id, wire.clone())) else {
             return self
@@ -226,31 +341,39 @@ impl UdpServer {
             client: client.clone(),
             wire,
             control: tx,
+            sid: p.session_id,
         });
-        self.by_addr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(from, entry.clone());
-        self.by_peer_id
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(client.peer_id, entry.clone());
+        {
+            let mut maps = self.maps();
+            maps.by_sid.insert((from, p.session_id), entry.clone());
+            maps.by_addr.entry(from).or_insert_with(|| entry.clone());
+            maps.by_peer_id.insert(client.peer_id, entry.clone());
+        }
+        let on_admit: Box<dyn FnOnce() + Send + Sync> = {
+            let me = Arc::downgrade(self);
+            let entry = entry.clone();
+            Box::new(move || {
+                if let Some(me) = me.upgrade() {
+                    me.take_address(&entry);
+                }
+            })
+        };
         let start = Start {
             device: from,
             started: time::OffsetDateTime::now_utc(),
             udp: true,
             permit: Some(permit),
             wrapping: self.clients.wrapping(),
+            on_admit: Some(on_admit),
         };
         let me = self.clone();
         self.runtime.spawn(async move {
             driver::drive(me.ep.clone(), client.clone(), control, rx, start).await;
             me.clients.remove(client.peer_id);
-            let mut map = me.by_peer_id.lock().unwrap_or_else(|p| p.into_inner());
-            map.remove(&client.peer_id);
-            drop(map);
-            let mut map = me.by_addr.lock().unwrap_or_else(|p| p.into_inner());
-            map.retain(|_, u| !Arc::ptr_eq(u, &entry));
+            let mut maps = me.maps();
+            maps.by_peer_id.remove(&client.peer_id);
+            maps.by_addr.retain(|_, u| !Arc::ptr_eq(u, &entry));
+            maps.by_sid.retain(|_, u| !Arc::ptr_eq(u, &entry));
         });
     }
 }

@@ -32,8 +32,29 @@ pub const OCC_MAGIC: [u8; 16] = [
 pub const OCC_EXIT: u8 = 6;
 /// Replay window width, in packet ids.
 const REPLAY_WINDOW: u32 = 64;
-/// A key is retired before its packet ids run out.
+/// A key is renegotiated before its packet ids run out.
 const LAST_PACKET_ID: u32 = u32::MAX - 0x1000;
+/// AES-GCM's usage limit in 16-byte blocks sealed with one key (the
+/// confidentiality bound of draft-irtf-cfrg-aead-limits at 2^-57 for
+/// full-size packets, as OpenVPN 2.6.10's AEAD limit), of which a key is
+/// worn out at 7/8, leaving room for the renegotiation.
+const AES_GCM_BLOCK_LIMIT: u64 = (1 << 36) / 8 * 7;
+/// The environment variable that lowers the packets a key seals before
+/// it counts as worn out: tests reach the limit in seconds.
+pub const KEY_PACKETS_ENV: &str = "CVPN_OPENVPN_KEY_PACKETS";
+
+/// Packets a key seals before it is worn out: LAST_PACKET_ID, or less
+/// if the environment says so.
+fn packet_limit() -> u32 {
+    static LIMIT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var(KEY_PACKETS_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &u32| n > 0)
+            .map_or(LAST_PACKET_ID, |n| n.min(LAST_PACKET_ID))
+    })
+}
 
 /// Why a data packet was dropped.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -79,6 +100,10 @@ pub struct Sealer {
     header: [u8; 4],
     header_len: usize,
     last_id: u32,
+    /// 16-byte blocks sealed so far, and where the key wears out.
+    blocks: u64,
+    block_limit: u64,
+    packet_limit: u32,
 }
 
 impl Sealer {
@@ -97,6 +122,12 @@ impl Sealer {
             header,
             header_len,
             last_id: 0,
+            blocks: 0,
+            block_limit: match cipher {
+                Cipher::Aes128Gcm | Cipher::Aes256Gcm => AES_GCM_BLOCK_LIMIT,
+                Cipher::Chacha20Poly1305 => u64::MAX,
+            },
+            packet_limit: packet_limit(),
         }
     }
 
@@ -105,9 +136,10 @@ impl Sealer {
         self.header[0] & 7
     }
 
-    /// Whether the key is near the end of its packet ids.
+    /// Whether the key is near the end of its packet ids or of the
+    /// cipher's usage limit: time to renegotiate.
     pub fn worn_out(&self) -> bool {
-        self.last_id >= LAST_PACKET_ID
+        self.last_id >= self.packet_limit || self.blocks >= self.block_limit
     }
 
     /// Seals `payload` into `out`; returns the packet's length.
@@ -128,6 +160,8 @@ impl Sealer {
             return Err(DataError::Exhausted);
         }
         self.last_id += 1;
+        // The tag's block too.
+        self.blocks += len.div_ceil(16) as u64 + 1;
         let id = self.last_id;
         out[..h].copy_from_slice(&self.header[..h]);
         out[h..h + 4].copy_from_slice(&id.to_be_bytes());
@@ -245,6 +279,30 @@ mod tests {
             key: vec![b; cipher.key_len()],
             implicit_iv: [b ^ 0x55; 8],
         }
+    }
+
+    #[test]
+    fn a_key_wears_out_before_its_packet_ids_or_usage_limit_end() {
+        let k = key(3, Cipher::Aes128Gcm);
+        let mut s = Sealer::new(Cipher::Aes128Gcm, &k, 1, None);
+        let mut out = [0u8; 1600];
+        s.seal(&[0; 1400], &mut out).unwrap();
+        assert!(!s.worn_out());
+        // Near the end of the packet ids.
+        s.last_id = LAST_PACKET_ID - 1;
+        s.seal(&[0; 10], &mut out).unwrap();
+        assert!(s.worn_out());
+        // AES-GCM's block limit comes first for large packets; ChaCha20
+        // has none short of the packet ids.
+        let mut s = Sealer::new(Cipher::Aes256Gcm, &key(3, Cipher::Aes256Gcm), 1, None);
+        s.blocks = AES_GCM_BLOCK_LIMIT - 10;
+        s.seal(&[0; 1400], &mut out).unwrap();
+        assert!(s.worn_out());
+        let c = key(3, Cipher::Chacha20Poly1305);
+        let mut s = Sealer::new(Cipher::Chacha20Poly1305, &c, 1, None);
+        s.blocks = AES_GCM_BLOCK_LIMIT * 4;
+        s.seal(&[0; 1400], &mut out).unwrap();
+        assert!(!s.worn_out());
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub mod iv_proto {
     pub const TLS_KEY_EXPORT: u32 = 1 << 3;
     /// The client announces its exit on the control channel.
     pub const CC_EXIT_NOTIFY: u32 = 1 << 7;
+    /// The client takes `AUTH_FAILED,TEMP` (and retries after the backoff).
+    pub const AUTH_FAIL_TEMP: u32 = 1 << 8;
 }
 
 /// Why a key method 2 message was refused.
@@ -185,12 +187,11 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
 
-    /// A u16-length string with its NUL; None for length 0 or an
-    /// absent field (the message may end before the optional ones).
+    /// A u16-length string with its NUL; None for length 0. Every
+    /// field must be there: clients since 2.3 send username, password and
+    /// peer info (empty if they have none), so a message that ends early
+    /// was cut across TLS records and its rest is still to come.
     fn string(&mut self, max: usize, what: &'static str) -> Result<Option<String>, KeyError> {
-        if self.0.len() < 2 {
-            return Ok(None);
-        }
         let len = usize::from(u16::from_be_bytes(self.array()?));
         if len == 0 {
             return Ok(None);
@@ -343,6 +344,16 @@ mod tests {
             parse_client_keys(&[0, 0, 0, 0, 1]),
             Err(KeyError::NotKeyMethod2)
         );
+        // Cut anywhere (a message across TLS records): wait for the rest,
+        // never read it without its peer info.
+        let whole = client_message("IV_VER=2.6.14\nIV_PROTO=990\n", true);
+        for cut in 0..whole.len() {
+            assert_eq!(
+                parse_client_keys(&whole[..cut]),
+                Err(KeyError::Truncated),
+                "cut at {cut}"
+            );
+        }
         let mut m = client_message("", false);
         m.truncate(120);
         assert_eq!(parse_client_keys(&m), Err(KeyError::Truncated));

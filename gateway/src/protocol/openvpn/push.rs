@@ -24,6 +24,19 @@ pub struct Negotiated {
     pub peer_id: Option<u32>,
 }
 
+/// The tun-side IPv6 gateway of full-tunnel clients (a unique local
+/// address: nothing is routed there, the client blocks it all).
+const BLOCKED_IPV6_GATEWAY: &str = "fd63:7670:6e00::1";
+
+/// A full-tunnel client's IPv6 address on its tun device: its IPv4
+/// address under BLOCKED_IPV6_GATEWAY's /64, unique per client.
+fn blocked_ipv6_address(v4: std::net::Ipv4Addr) -> std::net::Ipv6Addr {
+    let [a, b, c, d] = v4.octets();
+    let hi = u16::from_be_bytes([a, b]);
+    let lo = u16::from_be_bytes([c, d]);
+    std::net::Ipv6Addr::new(0xfd63, 0x7670, 0x6e00, 0, 0, 0, hi, lo)
+}
+
 fn netmask(prefix: u8) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0))
 }
@@ -38,13 +51,25 @@ pub fn options(push: &Push, n: &Negotiated, idle_timeout: Duration) -> Vec<Strin
         format!("ping-restart {}", idle_timeout.as_secs()),
     ];
     if push.full_tunnel {
-        o.push("redirect-gateway def1".into());
+        // The tunnel carries IPv4 only: IPv6 goes into it too and the
+        // client answers it itself (OpenVPN's documented block-ipv6 set),
+        // so a dual-stacked client sends nothing in clear around it.
+        o.push(format!(
+            "ifconfig-ipv6 {}/64 {BLOCKED_IPV6_GATEWAY}",
+            blocked_ipv6_address(push.address)
+        ));
+        o.push("redirect-gateway def1 ipv6".into());
+        o.push("block-ipv6".into());
     }
     for r in &push.routes {
         o.push(format!("route {} {}", r.network(), r.netmask()));
     }
     for d in &push.dns_servers {
         o.push(format!("dhcp-option DNS {d}"));
+    }
+    if !push.dns_servers.is_empty() {
+        // Windows clients would also ask their other interfaces' servers.
+        o.push("block-outside-dns".into());
     }
     o.push(format!("tun-mtu {}", push.mtu));
     if let Some(id) = n.peer_id {
@@ -128,7 +153,7 @@ mod tests {
             [
                 "PUSH_REPLY,topology subnet,route-gateway 10.250.0.1,ifconfig 10.250.0.2 255.255.252.0,\
 ping 10,ping-restart 35,route 10.0.0.0 255.255.255.0,route 10.0.1.0 255.255.255.0,\
-dhcp-option DNS 192.168.1.53,tun-mtu 1500,peer-id 3,cipher AES-256-GCM,\
+dhcp-option DNS 192.168.1.53,block-outside-dns,tun-mtu 1500,peer-id 3,cipher AES-256-GCM,\
 key-derivation tls-ekm,protocol-flags cc-exit tls-ekm"
             ]
         );
@@ -143,7 +168,12 @@ key-derivation tls-ekm,protocol-flags cc-exit tls-ekm"
             peer_id: None,
         };
         let opts = options(&push(200, true), &n, Duration::from_secs(35));
-        assert!(opts.contains(&"redirect-gateway def1".to_string()));
+        assert!(opts.contains(&"redirect-gateway def1 ipv6".to_string()));
+        assert!(opts.contains(&"block-ipv6".to_string()));
+        assert!(
+            opts.contains(&"ifconfig-ipv6 fd63:7670:6e00::afa:2/64 fd63:7670:6e00::1".to_string())
+        );
+        assert!(opts.contains(&"block-outside-dns".to_string()));
         let m = messages(&opts);
         assert!(m.len() > 5);
         for (i, msg) in m.iter().enumerate() {

@@ -2,10 +2,16 @@
 //! control packets out and events for the shell. Each key id has its own
 //! reliability state and TLS session (rustls, with the endpoint's client
 //! verification); after the handshake, key method 2 runs over TLS, then
-//! PUSH_REQUEST and EXIT arrive as NUL-terminated strings. A soft reset
-//! from the client starts a new key id; the old one stays for a
-//! transition window so packets in flight still open.
+//! PUSH_REQUEST and EXIT arrive as NUL-terminated strings.
+//!
+//! Keys follow OpenVPN's state machine (ssl.c): a renegotiation (a soft
+//! reset from the client, or the server's own after `reneg` or when the
+//! data channel wears out) starts only once the primary key is fully
+//! established, with the next key id in the server's sequence (1..=7,
+//! then 1 again); the primary becomes the lame duck, which still opens
+//! packets for the transition window and never displaces a primary.
 
+mod exchange;
 mod records;
 
 use std::collections::VecDeque;
@@ -16,28 +22,33 @@ use std::time::{Duration, Instant};
 use cvpn_pki::ClientIdentity;
 use rustls::{ServerConfig, ServerConnection};
 
+pub use self::exchange::NO_SHARED_CIPHER;
+pub use self::records::CLOSED;
 use self::records::{feed_tls, flush_tls, read_plaintext};
-use super::keys::{self, Cipher, KEY_BLOCK_LEN, KeyError, PeerInfo, ServerKeys};
+use super::keys::{Cipher, PeerInfo, ServerKeys};
 use super::packet::{
-    ACK_V1, Acks, CONTROL_V1, ControlPacket, HARD_RESET_SERVER_V2, MAX_ACKS, SOFT_RESET_V1,
-    SessionId,
+    ACK_V1, Acks, ControlPacket, HARD_RESET_SERVER_V2, MAX_ACKS, SOFT_RESET_V1, SessionId,
 };
-use super::prf;
 use super::reliable::Reliable;
 use crate::tls::{Presented, PresentedSlot};
 
-/// TLS bytes per control packet at most: with the largest header the
-/// packet stays under OpenVPN's default tls-mtu of 1250.
+/// TLS bytes per control packet sent at most: with the largest header
+/// the packet stays under OpenVPN's default tls-mtu of 1250.
 pub const MAX_CONTROL_PAYLOAD: usize = 1100;
+/// TLS bytes a received control packet may carry at most: OpenVPN 2.6
+/// sends control packets of at most its tls-mtu (1250 bytes) and OpenVPN
+/// 3 of at most 1280 bytes wrapped, so a larger one is no client's.
+pub const MAX_RECEIVED_PAYLOAD: usize = 1250;
+/// A received control packet's wire size at most (the payload, the
+/// largest header and a tls-crypt wrapping): the shells drop larger ones
+/// before they queue them.
+pub const MAX_CONTROL_PACKET: usize = MAX_RECEIVED_PAYLOAD + 64 + 64;
 /// A key's handshake must finish within this (hand-window).
 pub const HAND_WINDOW: Duration = Duration::from_secs(60);
 /// How long a replaced key still opens packets (transition-window).
 pub const TRANSITION_WINDOW: Duration = Duration::from_secs(60);
 /// Control-channel plaintext buffered at most.
 const MAX_PLAINTEXT: usize = 16 * 1024;
-/// The server's options string, as a 2.6 server's OCC string reads.
-const OPTIONS: &str =
-    "V4,dev-type tun,link-mtu 1521,tun-mtu 1500,proto UDPv4,keysize 256,key-method 2,tls-server";
 
 /// Makes a TLS configuration for a new key id (the endpoint's current
 /// one: a reloaded CRL applies to renegotiations too).
@@ -58,6 +69,14 @@ pub enum Event {
         cipher: Cipher,
         /// Data keys come from the TLS exporter (else the PRF).
         tls_ekm: bool,
+    },
+    /// The client authenticated but cannot be served (no data cipher in
+    /// common): the shell tells it why (AUTH_FAILED) and ends.
+    Refused {
+        /// From the client's certificate.
+        identity: ClientIdentity,
+        /// What the client is told.
+        reason: String,
     },
     /// Data-channel keys for a key id: open with them at once, seal with
     /// them after `Active`.
@@ -100,25 +119,48 @@ struct KeyState {
     phase: Phase,
     plaintext: Vec<u8>,
     started: Instant,
+    /// When the client took its keys (the renegotiation timer's start).
+    established: Option<Instant>,
     retire_at: Option<Instant>,
+}
+
+/// The transport the channel runs over, as the OCC options string names
+/// it and as retransmission needs it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Transport {
+    /// UDP: messages are sent again until acknowledged.
+    Udp,
+    /// TCP: the stream delivers.
+    Tcp,
 }
 
 /// The control channel of one client.
 pub struct Control {
-    udp: bool,
+    transport: Transport,
     tls: TlsFactory,
     own_sid: SessionId,
     peer_sid: SessionId,
     /// Newest first; at most two (the primary and the lame duck).
     keys: Vec<KeyState>,
+    /// The key id of the next renegotiation.
+    next_key_id: u8,
+    /// The server renegotiates this long after a key was established.
+    reneg: Option<Duration>,
     events: VecDeque<Event>,
     identity: Option<ClientIdentity>,
     cipher: Option<Cipher>,
     tls_ekm: bool,
+    /// Refused: nothing but acknowledgements is taken any more.
+    refused: bool,
 }
 
 fn tls_failure(e: impl std::fmt::Display) -> String {
     format!("TLS handshake failed: {e}")
+}
+
+/// The key id after `id`: 0 is the first key's only.
+fn following(id: u8) -> u8 {
+    if id >= 7 { 1 } else { id + 1 }
 }
 
 impl Control {
@@ -130,7 +172,7 @@ impl Control {
         tls: TlsFactory,
         now: Instant,
     ) -> Result<Control, String> {
-        let mut c = Control::new(true, tls, server, client);
+        let mut c = Control::new(Transport::Udp, tls, server, client);
         let key = c.key_state(0, Reliable::after_stateless_reset(true), now)?;
         c.keys.push(key);
         Ok(c)
@@ -144,7 +186,7 @@ impl Control {
         tls: TlsFactory,
         now: Instant,
     ) -> Result<Control, String> {
-        let mut c = Control::new(false, tls, own, reset.session_id);
+        let mut c = Control::new(Transport::Tcp, tls, own, reset.session_id);
         let mut key = c.key_state(0, Reliable::new(false), now)?;
         key.reliable
             .receive(reset.message_id.unwrap_or(0), reset.opcode, b"");
@@ -154,18 +196,27 @@ impl Control {
         Ok(c)
     }
 
-    fn new(udp: bool, tls: TlsFactory, own_sid: SessionId, peer_sid: SessionId) -> Control {
+    fn new(transport: Transport, tls: TlsFactory, own_sid: SessionId, peer_sid: SessionId) -> Self {
         Control {
-            udp,
+            transport,
             tls,
             own_sid,
             peer_sid,
             keys: Vec::new(),
+            next_key_id: 1,
+            reneg: None,
             events: VecDeque::new(),
             identity: None,
             cipher: None,
             tls_ekm: false,
+            refused: false,
         }
+    }
+
+    /// The server renegotiates `after` this long with every key (OpenVPN's
+    /// reneg-sec); None: only when the data channel wears out.
+    pub fn set_reneg(&mut self, after: Option<Duration>) {
+        self.reneg = after.filter(|d| !d.is_zero());
     }
 
     fn key_state(&self, key_id: u8, reliable: Reliable, now: Instant) -> Result<KeyState, String> {
@@ -179,6 +230,7 @@ impl Control {
             phase: Phase::Handshake,
             plaintext: Vec::new(),
             started: now,
+            established: None,
             retire_at: None,
         })
     }
@@ -199,49 +251,84 @@ impl Control {
             .clone()
     }
 
+    /// The TLS version the first handshake settled on, if it got so far.
+    pub fn tls_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.keys.last()?.tls.protocol_version()
+    }
+
     /// The next event for the shell.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
-    /// One control packet from the client. Packets of another session or
-    /// of an unknown key id are ignored; Err: why the session ends.
-    pub fn receive(&mut self, p: &ControlPacket<'_>, now: Instant) -> Result<(), String> {
-        if p.session_id != self.peer_sid || p.remote_session_id.is_some_and(|r| r != self.own_sid) {
-            return Ok(());
+    /// One control packet from the client. Ok(false): not this session's
+    /// (another session id, or too large), ignored; Ok(true): the
+    /// session's, which keeps it alive. Err: why the session ends.
+    pub fn receive(&mut self, p: &ControlPacket<'_>, now: Instant) -> Result<bool, String> {
+        if p.session_id != self.peer_sid
+            || p.remote_session_id.is_some_and(|r| r != self.own_sid)
+            || p.payload.len() > MAX_RECEIVED_PAYLOAD
+        {
+            return Ok(false);
         }
         let i = match self.keys.iter().position(|k| k.key_id == p.key_id) {
             Some(i) => i,
-            None if p.opcode == SOFT_RESET_V1 && p.key_id != 0 => {
-                self.renegotiate(p.key_id, now)?
+            None if p.opcode == SOFT_RESET_V1 && p.key_id == self.next_key_id => {
+                if !self.renegotiate(now)? {
+                    return Ok(true);
+                }
+                0
             }
-            None => return Ok(()),
+            // A stale or out-of-sequence key id: dropped (ssl.c's
+            // "key_id mismatch").
+            None => return Ok(true),
         };
         let key = &mut self.keys[i];
         key.reliable.acknowledged(p.acks.as_slice());
+        if self.refused {
+            return Ok(true);
+        }
         if let Some(id) = p.message_id {
             key.reliable.receive(id, p.opcode, p.payload);
         }
         while let Some((opcode, payload)) = key.reliable.next_in_order() {
-            if opcode == CONTROL_V1 {
+            if opcode == super::packet::CONTROL_V1 {
                 feed_tls(key, &payload)?;
             }
         }
-        self.progress(i, now)
+        self.progress(i, now)?;
+        Ok(true)
     }
 
-    /// A soft reset for `key_id`: a new key state in front, answered with
-    /// our soft reset; the oldest beyond two is dropped.
-    fn renegotiate(&mut self, key_id: u8, now: Instant) -> Result<usize, String> {
-        let mut key = self.key_state(key_id, Reliable::new(self.udp), now)?;
+    /// Whether a new key may start: the primary is established (its
+    /// keys are with the client), so the lame duck it replaces is done.
+    fn may_renegotiate(&self) -> bool {
+        !self.refused
+            && self.cipher.is_some()
+            && self
+                .keys
+                .first()
+                .is_some_and(|k| k.phase == Phase::Active { announced: true })
+    }
+
+    /// Starts a key with the next key id, in front, with our soft reset
+    /// queued; the primary becomes the lame duck and the old lame duck
+    /// retires. False (nothing done) while the primary is not established.
+    pub fn renegotiate(&mut self, now: Instant) -> Result<bool, String> {
+        if !self.may_renegotiate() {
+            return Ok(false);
+        }
+        let id = self.next_key_id;
+        let mut key = self.key_state(id, Reliable::new(self.transport == Transport::Udp), now)?;
         key.reliable.send(SOFT_RESET_V1, Vec::new());
+        self.next_key_id = following(id);
         self.keys.insert(0, key);
         while self.keys.len() > 2 {
             if let Some(old) = self.keys.pop() {
                 self.events.push_back(Event::Retired { key_id: old.key_id });
             }
         }
-        Ok(0)
+        Ok(true)
     }
 
     /// Moves key `i` on after new TLS input: the handshake's end, the key
@@ -262,101 +349,6 @@ impl Control {
         Ok(())
     }
 
-    fn authenticated(&mut self, i: usize) -> Result<(), String> {
-        let key = &mut self.keys[i];
-        let cert = key
-            .tls
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .ok_or("no client certificate")?;
-        let identity = cvpn_pki::client_identity(cert).map_err(|e| e.to_string())?;
-        if let Some(first) = &self.identity
-            && first.common_name != identity.common_name
-        {
-            return Err("the certificate changed in a renegotiation".into());
-        }
-        key.phase = Phase::AwaitKeys;
-        self.identity.get_or_insert(identity);
-        Ok(())
-    }
-
-    /// Reads the client's key method 2 message, answers with ours and
-    /// derives the key id's data-channel keys.
-    fn key_exchange(&mut self, i: usize) -> Result<(), String> {
-        let (client, consumed) = match keys::parse_client_keys(&self.keys[i].plaintext) {
-            Ok(c) => c,
-            Err(KeyError::Truncated) => return Ok(()),
-            Err(e) => return Err(e.to_string()),
-        };
-        self.keys[i].plaintext.drain(..consumed);
-        let first = self.cipher.is_none();
-        let cipher = match self.cipher {
-            Some(c) => c,
-            None => keys::choose_cipher(&client.peer_info, &client.options)
-                .ok_or("no data cipher in common (this endpoint takes AES-256-GCM, AES-128-GCM, CHACHA20-POLY1305)")?,
-        };
-        if first {
-            self.tls_ekm = client.peer_info.has(keys::iv_proto::TLS_KEY_EXPORT);
-        }
-        let (mut r1, mut r2) = ([0u8; 32], [0u8; 32]);
-        getrandom::fill(&mut r1).map_err(|e| e.to_string())?;
-        getrandom::fill(&mut r2).map_err(|e| e.to_string())?;
-        let msg = keys::server_keys_message(&r1, &r2, OPTIONS);
-        let key = &mut self.keys[i];
-        key.tls
-            .writer()
-            .write_all(&msg)
-            .map_err(|e| e.to_string())?;
-        flush_tls(key)?;
-        let block = if self.tls_ekm {
-            key.tls
-                .export_keying_material([0u8; KEY_BLOCK_LEN], keys::EKM_LABEL, None)
-                .map_err(|e| format!("TLS exporter: {e}"))?
-        } else {
-            prf::key_block(&prf::Sources {
-                pre_master: &client.pre_master,
-                client_random1: &client.random1,
-                client_random2: &client.random2,
-                server_random1: &r1,
-                server_random2: &r2,
-                client_sid: &self.peer_sid,
-                server_sid: &self.own_sid,
-            })
-        };
-        key.phase = Phase::Active { announced: false };
-        let key_id = key.key_id;
-        if first {
-            self.cipher = Some(cipher);
-            let identity = self.identity.clone().ok_or("no identity")?;
-            self.events.push_back(Event::Authenticated {
-                identity,
-                peer_info: client.peer_info,
-                cipher,
-                tls_ekm: self.tls_ekm,
-            });
-        }
-        self.events.push_back(Event::Keys {
-            key_id,
-            cipher,
-            keys: keys::server_keys(&block, cipher),
-        });
-        Ok(())
-    }
-
-    /// Control messages: NUL-terminated strings.
-    fn messages(&mut self, i: usize) {
-        let key = &mut self.keys[i];
-        while let Some(end) = key.plaintext.iter().position(|&b| b == 0) {
-            let msg: Vec<u8> = key.plaintext.drain(..=end).collect();
-            let text = String::from_utf8_lossy(&msg[..end]);
-            match text.trim_end() {
-                "PUSH_REQUEST" => self.events.push_back(Event::PushRequest),
-                "EXIT" => self.events.push_back(Event::Exit),
-                _ => {}
-            }
-        }
-    }
-
     /// Keys whose messages all arrived become the ones sealed with; the
     /// key they replace retires after the transition window.
     fn announce(&mut self, now: Instant) {
@@ -364,7 +356,10 @@ impl Control {
             let k = &mut self.keys[i];
             if k.phase == (Phase::Active { announced: false }) && k.reliable.all_acknowledged() {
                 k.phase = Phase::Active { announced: true };
-                self.events.push_back(Event::Active { key_id: k.key_id });
+                k.established = Some(now);
+                if !self.refused {
+                    self.events.push_back(Event::Active { key_id: k.key_id });
+                }
                 for old in self.keys.iter_mut().skip(i + 1) {
                     old.retire_at.get_or_insert(now + TRANSITION_WINDOW);
                 }
@@ -373,8 +368,8 @@ impl Control {
         }
     }
 
-    /// Sends a control message (PUSH_REPLY, RESTART, ...) on the newest
-    /// key that finished its exchange.
+    /// Sends a control message (PUSH_REPLY, AUTH_FAILED, RESTART, ...)
+    /// on the newest key that finished its exchange.
     pub fn send_message(&mut self, text: &str) -> Result<(), String> {
         let Some(key) = self
             .keys
@@ -393,6 +388,11 @@ impl Control {
             .write_all(&msg)
             .map_err(|e| e.to_string())?;
         flush_tls(key)
+    }
+
+    /// Everything sent was acknowledged (a last message was taken).
+    pub fn all_acknowledged(&self) -> bool {
+        self.keys.iter().all(|k| k.reliable.all_acknowledged())
     }
 
     /// The next control packet to send, if any is due.
@@ -434,6 +434,13 @@ impl Control {
         None
     }
 
+    /// When the primary key is due for the server's renegotiation.
+    fn reneg_due(&self) -> Option<Instant> {
+        let after = self.reneg.filter(|_| !self.refused)?;
+        let primary = self.keys.first()?;
+        primary.established.map(|t| t + after)
+    }
+
     /// When `on_timeout` must run next.
     pub fn next_timeout(&self) -> Option<Instant> {
         self.keys
@@ -443,12 +450,14 @@ impl Control {
                     (!matches!(k.phase, Phase::Active { .. })).then_some(k.started + HAND_WINDOW);
                 [k.reliable.next_timeout(), handshake, k.retire_at]
             })
+            .chain([self.reneg_due()])
             .flatten()
             .min()
     }
 
-    /// Retires keys past their transition window. Err: a handshake that
-    /// did not finish within the hand window.
+    /// Retires keys past their transition window and renegotiates when
+    /// the primary key is due. Err: a handshake that did not finish
+    /// within the hand window.
     pub fn on_timeout(&mut self, now: Instant) -> Result<(), String> {
         if self
             .keys
@@ -468,9 +477,14 @@ impl Control {
             }
             keep
         });
+        if self.reneg_due().is_some_and(|t| now >= t) {
+            self.renegotiate(now)?;
+        }
         Ok(())
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

@@ -14,19 +14,19 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 use super::*;
 use crate::config::TlsFiles;
-use crate::protocol::openvpn::keys::server_keys;
-use crate::protocol::openvpn::packet::{HARD_RESET_CLIENT_V2, SOFT_RESET_V1};
+use crate::protocol::openvpn::keys::{self, KEY_BLOCK_LEN, server_keys};
+use crate::protocol::openvpn::packet::{CONTROL_V1, HARD_RESET_CLIENT_V2, SOFT_RESET_V1};
 use crate::tls::Acceptor;
 
-struct Peer {
-    sid: SessionId,
-    key_id: u8,
-    tls: ClientConnection,
-    reliable: Reliable,
-    plaintext: Vec<u8>,
+pub(super) struct Peer {
+    pub(super) sid: SessionId,
+    pub(super) key_id: u8,
+    pub(super) tls: ClientConnection,
+    pub(super) reliable: Reliable,
+    pub(super) plaintext: Vec<u8>,
 }
 
-fn setup(dir: &std::path::Path) -> (TlsFactory, Arc<ClientConfig>) {
+pub(super) fn setup(dir: &std::path::Path) -> (TlsFactory, Arc<ClientConfig>) {
     let store = Store::new(dir);
     store.init("Test CA", 30, KeyType::EcdsaP256).unwrap();
     let server = Request::Server { dns: &[], ips: &[] };
@@ -41,6 +41,8 @@ fn setup(dir: &std::path::Path) -> (TlsFactory, Arc<ClientConfig>) {
         client_ca: store.ca_cert_path(),
         crl: Some(store.crl_path()),
         tls_crypt: None,
+        min_version: crate::config::TlsVersion::Tls12,
+        reneg: crate::config::DEFAULT_RENEG,
     })
     .unwrap();
     let mut roots = RootCertStore::empty();
@@ -58,7 +60,7 @@ fn setup(dir: &std::path::Path) -> (TlsFactory, Arc<ClientConfig>) {
 }
 
 impl Peer {
-    fn new(config: &Arc<ClientConfig>, sid: SessionId, key_id: u8) -> Peer {
+    pub(super) fn new(config: &Arc<ClientConfig>, sid: SessionId, key_id: u8) -> Peer {
         let name = ServerName::try_from("vpn.example.com").unwrap();
         Peer {
             sid,
@@ -70,7 +72,7 @@ impl Peer {
     }
 
     /// The client's packets due: TLS records as P_CONTROL_V1, acks.
-    fn packets(&mut self, server: SessionId, now: Instant) -> Vec<Vec<u8>> {
+    pub(super) fn packets(&mut self, server: SessionId, now: Instant) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         while self.tls.wants_write() {
             self.tls.write_tls(&mut out).unwrap();
@@ -114,7 +116,7 @@ impl Peer {
     }
 
     /// A packet from the server.
-    fn receive(&mut self, wire: &[u8]) -> SessionId {
+    pub(super) fn receive(&mut self, wire: &[u8]) -> SessionId {
         let p = ControlPacket::parse(wire).unwrap();
         assert_eq!(p.key_id, self.key_id);
         self.reliable.acknowledged(p.acks.as_slice());
@@ -138,7 +140,12 @@ impl Peer {
     }
 
     /// The key method 2 message of a 2.6 client.
-    fn send_keys(&mut self) {
+    pub(super) fn send_keys(&mut self) {
+        self.send_keys_with("IV_VER=2.6.14\nIV_PROTO=990\nIV_CIPHERS=AES-256-GCM:AES-128-GCM\n");
+    }
+
+    /// A key method 2 message with `info` as its peer info.
+    pub(super) fn send_keys_with(&mut self, info: &str) {
         let mut m = vec![0, 0, 0, 0, 2];
         m.extend_from_slice(&[7; 48 + 64]);
         let mut s = |t: &str| {
@@ -148,7 +155,6 @@ impl Peer {
         };
         s("V4,dev-type tun,tls-client");
         m.extend_from_slice(&[0, 0, 0, 0]);
-        let info = "IV_VER=2.6.14\nIV_PROTO=990\nIV_CIPHERS=AES-256-GCM:AES-128-GCM\n";
         m.extend_from_slice(&(info.len() as u16 + 1).to_be_bytes());
         m.extend_from_slice(info.as_bytes());
         m.push(0);
@@ -157,7 +163,7 @@ impl Peer {
 }
 
 /// Moves packets both ways until neither side has anything to send.
-fn exchange(c: &mut Control, peer: &mut Peer, server: &mut SessionId, now: Instant) {
+pub(super) fn exchange(c: &mut Control, peer: &mut Peer, server: &mut SessionId, now: Instant) {
     for _ in 0..50 {
         let mut quiet = true;
         while let Some(p) = c.poll_transmit(now) {
@@ -175,7 +181,7 @@ fn exchange(c: &mut Control, peer: &mut Peer, server: &mut SessionId, now: Insta
     panic!("no end to the exchange");
 }
 
-fn events(c: &mut Control) -> Vec<Event> {
+pub(super) fn events(c: &mut Control) -> Vec<Event> {
     std::iter::from_fn(|| c.poll_event()).collect()
 }
 
