@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 
 pub mod checks;
 pub mod netns;
+pub mod openvpn;
 pub mod testbed;
 
 /// A binary of the workspace, built by `cargo build --workspace` next to the

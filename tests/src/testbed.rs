@@ -162,8 +162,14 @@ target = "tn-a"
 
     /// Starts the gateway and waits until it is up.
     pub fn start_gateway(&self, config: &std::path::Path) -> Proc {
+        self.start_gateway_with_env(config, &[])
+    }
+
+    /// The same with environment variables set for the gateway.
+    pub fn start_gateway_with_env(&self, config: &std::path::Path, env: &[(&str, &str)]) -> Proc {
         let mut cmd = in_ns(&self.gateway, &bin("cvpn-gw"));
         cmd.arg("serve").arg("--config").arg(config);
+        cmd.envs(env.iter().copied());
         let mut p = Proc::spawn("cvpn-gw", cmd);
         p.wait_for("endpoint up", 20);
         p

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use cvpn_e2e::checks::{connection_log, denied, ping, transfers_both_ways_from_eni};
 use cvpn_e2e::netns::{Proc, in_ns, sh_ok};
+use cvpn_e2e::openvpn::{address_of, openvpn, routes_via};
 use cvpn_e2e::testbed::{TARGET, Testbed};
 
 const ALL_USERS: &str = r#"
@@ -12,49 +13,12 @@ const ALL_USERS: &str = r#"
 destination = "0.0.0.0/0"
 "#;
 
-/// Starts `openvpn --config PROFILE` in client `i` and waits until its
-/// tunnel is up; on failure, says what the client and the gateway printed.
-fn openvpn(tb: &Testbed, gw: &Proc, i: usize, profile: &Path, extra: &[&str]) -> Proc {
-    let mut cmd = in_ns(&tb.clients[i], Path::new("openvpn"));
-    cmd.arg("--config").arg(profile).args(extra);
-    let p = Proc::spawn(&format!("openvpn {i}"), cmd);
-    for _ in 0..300 {
-        if p.output().contains("Initialization Sequence Completed") {
-            return p;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!(
-        "openvpn {i} not connected within 30 s:\n{}\ngateway:\n{}",
-        p.output(),
-        gw.output()
-    );
-}
-
-/// The IPv4 address of `dev` in namespace `ns`.
-fn address_of(ns: &str, dev: &str) -> String {
-    let out = sh_ok(ns, &format!("ip -4 -o addr show dev {dev}"));
-    out.split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .unwrap_or("")
-        .to_string()
-}
-
-fn routes_via(ns: &str, dev: &str) -> Vec<String> {
-    let mut r: Vec<String> = sh_ok(ns, "ip -4 route show")
-        .lines()
-        .filter(|l| l.contains(&format!("dev {dev}")) && !l.contains("proto kernel"))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-        .collect();
-    r.sort();
-    r
-}
-
 #[test]
 fn openvpn_over_tcp_gets_an_address_routes_and_the_target() {
     let tb = Testbed::new("ovpn-tcp", 1);
-    let config = tb.write_config("", ALL_USERS);
+    // DNS servers come with block-outside-dns, which clients off Windows
+    // take and ignore.
+    let config = tb.write_config("dns_servers = [\"192.168.1.53\"]", ALL_USERS);
     let gw = tb.start_gateway(&config);
     let profile = tb.client_profile("alice", &["eng"], 0);
     let c = &tb.clients[0];
@@ -110,6 +74,12 @@ fn openvpn_over_udp_full_tunnel() {
         ],
         "{routes:?}"
     );
+    // IPv6 goes into the tunnel too, where the client blocks it: nothing
+    // leaves in clear beside the IPv4-only tunnel.
+    let v6 = sh_ok(c, "ip -6 route get 2001:db8::1 2>&1 || true");
+    assert!(v6.contains("dev tun0"), "{v6}\n{}", client.output());
+    let ping6 = cvpn_e2e::netns::sh(c, "ping -6 -n -c 1 -W 2 2001:db8::1 2>&1");
+    assert!(!ping6.status.success());
     sh_ok(c, &format!("ping -c 2 -W 3 {TARGET}"));
     transfers_both_ways_from_eni(&tb, c, 5001, (3, 4));
     let v = tb.connections();

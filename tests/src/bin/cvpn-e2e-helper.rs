@@ -1,7 +1,8 @@
 //! Test helper run inside the test namespaces: a TCP source that sends a
 //! deterministic byte stream and reports who connected, and a fetcher that
 //! checks the stream byte for byte; with `--upload` the fetcher sends and
-//! the source checks; a flood of bare TCP connects. All stop by themselves.
+//! the source checks; a flood of bare TCP connects; a flood of OpenVPN
+//! resets over UDP. All stop by themselves.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -154,13 +155,40 @@ fn flood(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// reset-flood --to ADDR --rate N --seconds S: OpenVPN client resets
+/// (14 bytes, a new session id each, no handshake after) over UDP at N per
+/// second for S seconds (at most 120), from new source ports; prints how
+/// many went.
+fn reset_flood(args: &[String]) -> Result<(), String> {
+    let to = arg(args, "--to").ok_or("--to missing")?;
+    let rate = num(args, "--rate", 20).clamp(1, 10_000);
+    let secs = num(args, "--seconds", 10).min(120);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < Duration::from_secs(secs) {
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        // Opcode 7 (hard reset client v2), key id 0; a session id; no
+        // acks; message id 0.
+        let mut reset = vec![7 << 3];
+        reset.extend_from_slice(&(sent + 1).to_be_bytes());
+        reset.extend_from_slice(&[0, 0, 0, 0, 0]);
+        let _ = sock.send_to(&reset, &to);
+        sent += 1;
+        let due = start + Duration::from_secs_f64(sent as f64 / rate as f64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    println!("reset flood done: {sent} sent");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
         Some("serve") => serve(&args),
         Some("fetch") => fetch(&args),
         Some("flood") => flood(&args),
-        _ => Err("usage: cvpn-e2e-helper serve|fetch|flood ...".into()),
+        Some("reset-flood") => reset_flood(&args),
+        _ => Err("usage: cvpn-e2e-helper serve|fetch|flood|reset-flood ...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

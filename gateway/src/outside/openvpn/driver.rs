@@ -102,6 +102,7 @@ pub async fn drive(
             _ = sleep_until(tick) => run.timers(&mut control),
             r = ended => Err(r),
             r = client.stopped() => Err(r),
+            _ = client.data.worn() => run.timers(&mut control),
             _ = sleep_until(deadline) => Err(match session {
                 Some(_) => "session timeout".to_string(),
                 None => format!("not authenticated within {} s", AUTH_TIMEOUT.as_secs()),

@@ -34,6 +34,8 @@ const FRAMING_NONE: u8 = 0;
 struct Send {
     current: Option<Sealer>,
     pending: [Option<Sealer>; 8],
+    /// The current key's wear was told to the driver.
+    wear_told: bool,
 }
 
 /// The keys of one client's data channel.
@@ -45,6 +47,9 @@ pub struct DataChannel {
     framing: AtomicU8,
     open: Mutex<[Option<Opener>; 8]>,
     send: Mutex<Send>,
+    /// Told once when the key sealed with wears out: the driver
+    /// renegotiates at once, not at its next timer.
+    wear: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -64,7 +69,9 @@ impl DataChannel {
             send: Mutex::new(Send {
                 current: None,
                 pending: Default::default(),
+                wear_told: false,
             }),
+            wear: tokio::sync::Notify::new(),
         }
     }
 
@@ -88,6 +95,7 @@ impl DataChannel {
         let mut s = lock(&self.send);
         if let Some(sealer) = s.pending[usize::from(key_id & 7)].take() {
             s.current = Some(sealer);
+            s.wear_told = false;
         }
     }
 
@@ -107,6 +115,11 @@ impl DataChannel {
             .current
             .as_ref()
             .is_some_and(Sealer::worn_out)
+    }
+
+    /// Waits until the key sealed with wears out.
+    pub async fn worn(&self) {
+        self.wear.notified().await;
     }
 
     /// Opens a data packet from the client in place.
@@ -156,7 +169,12 @@ impl DataChannel {
     /// frames its own: the packet's length.
     pub fn seal(&self, payload: &[u8], out: &mut [u8]) -> Result<usize, DataError> {
         let mut s = lock(&self.send);
+        let s = &mut *s;
         let sealer = s.current.as_mut().ok_or(DataError::Exhausted)?;
+        if !s.wear_told && sealer.worn_out() {
+            s.wear_told = true;
+            self.wear.notify_one();
+        }
         match (self.framing.load(Ordering::Relaxed), payload.split_first()) {
             (NO_COMPRESS, _) => sealer.seal_parts(&[&[NO_COMPRESS], payload], out),
             (NO_COMPRESS_SWAP, Some((first, rest))) => sealer.seal_parts(

@@ -32,15 +32,18 @@ pub const OCC_MAGIC: [u8; 16] = [
 pub const OCC_EXIT: u8 = 6;
 /// Replay window width, in packet ids.
 const REPLAY_WINDOW: u32 = 64;
+/// Packet ids left to a worn-out key for its renegotiation.
+const MARGIN: u32 = 0x1000;
 /// A key is renegotiated before its packet ids run out.
-const LAST_PACKET_ID: u32 = u32::MAX - 0x1000;
+const LAST_PACKET_ID: u32 = u32::MAX - MARGIN;
 /// AES-GCM's usage limit in 16-byte blocks sealed with one key (the
 /// confidentiality bound of draft-irtf-cfrg-aead-limits at 2^-57 for
 /// full-size packets, as OpenVPN 2.6.10's AEAD limit), of which a key is
 /// worn out at 7/8, leaving room for the renegotiation.
 const AES_GCM_BLOCK_LIMIT: u64 = (1 << 36) / 8 * 7;
 /// The environment variable that lowers the packets a key seals before
-/// it counts as worn out: tests reach the limit in seconds.
+/// it counts as worn out (and, MARGIN later, stops sealing as if its
+/// packet ids ran out): tests reach the limit in seconds.
 pub const KEY_PACKETS_ENV: &str = "CVPN_OPENVPN_KEY_PACKETS";
 
 /// Packets a key seals before it is worn out: LAST_PACKET_ID, or less
@@ -156,7 +159,7 @@ impl Sealer {
         if out.len() < total {
             return Err(DataError::NoRoom);
         }
-        if self.last_id >= u32::MAX - 1 {
+        if self.last_id >= self.packet_limit.saturating_add(MARGIN - 1) {
             return Err(DataError::Exhausted);
         }
         self.last_id += 1;
