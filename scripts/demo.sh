@@ -52,13 +52,13 @@ destination = "192.168.1.0/24"
 access_group = "engineering"
 TOML
 cvpn-gw check --config endpoint.toml
-cvpn-gw export-profile --config endpoint.toml --pki pki --client alice --out alice.ovpnx
+cvpn-gw export-profile --config endpoint.toml --pki pki --client alice --out alice.ovpn
 ip netns exec $ns_g cvpn-gw serve --config endpoint.toml 2> gw.log & gw_pid=$!
 for _ in $(seq 50); do grep -q "endpoint up" gw.log && break; sleep 0.1; done
 grep -q "endpoint up" gw.log || { cat gw.log; exit 1; }
 
 echo "== client"
-ip netns exec $ns_c cvpn-client connect alice.ovpnx > client.out 2> client.log & client_pid=$!
+ip netns exec $ns_c cvpn-client connect alice.ovpn > client.out 2> client.log & client_pid=$!
 for _ in $(seq 100); do grep -q "connected to" client.out && break; sleep 0.1; done
 cat client.out
 grep -q "connected to" client.out || { cat client.log gw.log; exit 1; }

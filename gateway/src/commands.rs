@@ -173,10 +173,26 @@ pub fn export_profile(
             cvpn_pki::store::write_atomic(path, text.as_bytes(), 0o600)
                 .with_context(|| format!("cannot write {}", path.display()))?;
             eprintln!("wrote {} (it holds {client}'s private key)", path.display());
+            eprintln!("{}", clients_taking(path));
         }
         None => print!("{text}"),
     }
     Ok(())
+}
+
+/// Which clients take a profile written to `path`: every one of them
+/// reads its content unchanged, but OpenVPN 3 (OpenVPN Connect) insists
+/// on the `.ovpn` extension.
+fn clients_taking(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("ovpn") => {
+            "clients: cvpn-client, openvpn 2.6 (openvpn --config) and OpenVPN Connect / OpenVPN 3 take it as it is"
+        }
+        _ => {
+            "clients: cvpn-client and openvpn 2.6 (openvpn --config) take it as it is; \
+OpenVPN Connect / OpenVPN 3 want it named .ovpn"
+        }
+    }
 }
 
 /// `tls-crypt-key`: writes a new OpenVPN tls-crypt key (mode 0600).

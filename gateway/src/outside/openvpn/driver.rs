@@ -171,6 +171,7 @@ impl Run<'_> {
     /// Control-channel timers, the keepalive ping, the idle timeout.
     fn timers(&mut self, control: &mut Control) -> Result<(), String> {
         let now = std::time::Instant::now();
+        control.client_sends_with(self.client.data.client_key());
         control.on_timeout(now)?;
         if self.client.data.worn_out() {
             control.renegotiate(now)?;

@@ -46,6 +46,9 @@ pub struct DataChannel {
     /// this endpoint): learnt from its packets, used for ours.
     framing: AtomicU8,
     open: Mutex<[Option<Opener>; 8]>,
+    /// The key id of the last packet from the client that opened (8:
+    /// none yet).
+    client_key: AtomicU8,
     send: Mutex<Send>,
     /// Told once when the key sealed with wears out: the driver
     /// renegotiates at once, not at its next timer.
@@ -66,6 +69,7 @@ impl DataChannel {
             data_v2: AtomicBool::new(true),
             framing: AtomicU8::new(FRAMING_NONE),
             open: Mutex::new(Default::default()),
+            client_key: AtomicU8::new(8),
             send: Mutex::new(Send {
                 current: None,
                 pending: Default::default(),
@@ -117,6 +121,11 @@ impl DataChannel {
             .is_some_and(Sealer::worn_out)
     }
 
+    /// The key id the client last sent an authentic packet with.
+    pub fn client_key(&self) -> Option<u8> {
+        Some(self.client_key.load(Ordering::Relaxed)).filter(|&k| k < 8)
+    }
+
     /// Waits until the key sealed with wears out.
     pub async fn worn(&self) {
         self.wear.notified().await;
@@ -132,6 +141,7 @@ impl DataChannel {
                 .ok_or(DataError::Authentication)?;
             opener.open(packet)?
         };
+        self.client_key.store(key_id, Ordering::Relaxed);
         let range = self.unframe(packet, range);
         let payload = &packet[range.clone()];
         Ok(if payload == PING {

@@ -146,6 +146,8 @@ pub struct Control {
     next_key_id: u8,
     /// The server renegotiates this long after a key was established.
     reneg: Option<Duration>,
+    /// The key id the client last sent data with (the shell tells).
+    client_key: Option<u8>,
     events: VecDeque<Event>,
     identity: Option<ClientIdentity>,
     cipher: Option<Cipher>,
@@ -205,6 +207,7 @@ impl Control {
             keys: Vec::new(),
             next_key_id: 1,
             reneg: None,
+            client_key: None,
             events: VecDeque::new(),
             identity: None,
             cipher: None,
@@ -217,6 +220,11 @@ impl Control {
     /// reneg-sec); None: only when the data channel wears out.
     pub fn set_reneg(&mut self, after: Option<Duration>) {
         self.reneg = after.filter(|d| !d.is_zero());
+    }
+
+    /// The client's data packets use `key_id` now.
+    pub fn client_sends_with(&mut self, key_id: Option<u8>) {
+        self.client_key = key_id;
     }
 
     fn key_state(&self, key_id: u8, reliable: Reliable, now: Instant) -> Result<KeyState, String> {
@@ -274,7 +282,7 @@ impl Control {
         let i = match self.keys.iter().position(|k| k.key_id == p.key_id) {
             Some(i) => i,
             None if p.opcode == SOFT_RESET_V1 && p.key_id == self.next_key_id => {
-                if !self.renegotiate(now)? {
+                if !self.new_key(now)? {
                     return Ok(true);
                 }
                 0
@@ -311,10 +319,28 @@ impl Control {
                 .is_some_and(|k| k.phase == Phase::Active { announced: true })
     }
 
+    /// Whether the server may start a renegotiation itself: as for the
+    /// client's, and the client has moved its data to the primary key (a
+    /// client switches some time after a key is ready, OpenVPN 3 up to a
+    /// minute later; retiring the key it still sends with would cut it off).
+    fn may_start_renegotiation(&self) -> bool {
+        self.may_renegotiate()
+            && (self.keys.len() == 1 || self.client_key == self.keys.first().map(|k| k.key_id))
+    }
+
+    /// The server's own renegotiation (its timer, or a worn-out key):
+    /// false (nothing done) until it may start.
+    pub fn renegotiate(&mut self, now: Instant) -> Result<bool, String> {
+        if !self.may_start_renegotiation() {
+            return Ok(false);
+        }
+        self.new_key(now)
+    }
+
     /// Starts a key with the next key id, in front, with our soft reset
     /// queued; the primary becomes the lame duck and the old lame duck
     /// retires. False (nothing done) while the primary is not established.
-    pub fn renegotiate(&mut self, now: Instant) -> Result<bool, String> {
+    fn new_key(&mut self, now: Instant) -> Result<bool, String> {
         if !self.may_renegotiate() {
             return Ok(false);
         }
@@ -441,6 +467,12 @@ impl Control {
         primary.established.map(|t| t + after)
     }
 
+    /// The same, unless the renegotiation must wait for the client (then
+    /// the shell's regular timer looks again).
+    fn reneg_timer(&self) -> Option<Instant> {
+        self.reneg_due().filter(|_| self.may_start_renegotiation())
+    }
+
     /// When `on_timeout` must run next.
     pub fn next_timeout(&self) -> Option<Instant> {
         self.keys
@@ -448,9 +480,10 @@ impl Control {
             .flat_map(|k| {
                 let handshake =
                     (!matches!(k.phase, Phase::Active { .. })).then_some(k.started + HAND_WINDOW);
-                [k.reliable.next_timeout(), handshake, k.retire_at]
+                let retire = k.retire_at.filter(|_| self.client_key != Some(k.key_id));
+                [k.reliable.next_timeout(), handshake, retire]
             })
-            .chain([self.reneg_due()])
+            .chain([self.reneg_timer()])
             .flatten()
             .min()
     }
@@ -470,8 +503,11 @@ impl Control {
             ));
         }
         let events = &mut self.events;
+        let client_key = self.client_key;
+        // A key the client still sends with stays (it moves to the new
+        // one in its own time).
         self.keys.retain(|k| {
-            let keep = k.retire_at.is_none_or(|t| now < t);
+            let keep = k.retire_at.is_none_or(|t| now < t) || client_key == Some(k.key_id);
             if !keep {
                 events.push_back(Event::Retired { key_id: k.key_id });
             }
