@@ -275,3 +275,73 @@ fn the_server_renegotiates_for_clients_that_never_do() {
     assert!(received >= 128, "{out}\n{}", client.output());
     client.stop();
 }
+
+#[test]
+fn clients_that_close_their_tls_session_end_and_stall_nothing() {
+    let tb = Testbed::new("ovpn-close", 1);
+    let config = tb.write_config("", ALL_USERS);
+    let gw = tb.start_gateway(&config);
+    let c = &tb.clients[0];
+    // More such clients than the gateway has worker threads (2 cores).
+    let crafted: Vec<cvpn_e2e::netns::Proc> = (0..4)
+        .map(|i| {
+            let name = format!("mallory{i}");
+            tb.pki.ok(&["issue", "client", &name]);
+            let mut cmd = cvpn_e2e::netns::in_ns(c, &cvpn_e2e::bin("cvpn-e2e-ovpn"));
+            cmd.args([
+                "close-notify",
+                "--connect",
+                "198.18.0.1:443",
+                "--hold",
+                "10",
+            ]);
+            cmd.arg("--ca").arg(tb.pki.path("ca.crt"));
+            cmd.arg("--cert").arg(tb.pki.cert(&name));
+            cmd.arg("--key").arg(tb.pki.key(&name));
+            cvpn_e2e::netns::Proc::spawn(&name, cmd)
+        })
+        .collect();
+    for mut p in crafted {
+        let out = p.wait_for("gateway closed the connection", 8);
+        assert!(out.contains("authenticated"), "{out}");
+    }
+    // The gateway still serves: a stock client gets in at once.
+    let profile = tb.client_profile("judy", &[], 0);
+    let t0 = Instant::now();
+    let mut client = openvpn(&tb, &gw, 0, &profile, &[]);
+    let took = t0.elapsed();
+    println!("a stock client connected {took:?} after the crafted ones");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    sh_ok(c, &format!("ping -c 1 -W 3 {TARGET}"));
+    client.stop();
+    let log = connection_log(&tb);
+    for i in 0..4 {
+        let name = format!("mallory{i}");
+        assert!(
+            log.iter().any(|r| r["common-name"] == name.as_str()
+                && r["connection-reset-reason"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("close_notify"))),
+            "{name}: {log:?}"
+        );
+    }
+}
+
+#[test]
+fn syns_through_the_tunnel_are_clamped_for_clients_without_mssfix() {
+    let tb = Testbed::new("ovpn-mss", 1);
+    let config = tb.write_config(UDP, ALL_USERS);
+    let gw = tb.start_gateway(&config);
+    let profile = tb.client_profile("kim", &[], 0);
+    let mut client = openvpn(&tb, &gw, 0, &profile, &["--mssfix", "0"]);
+    let (fetched, seen) = tb.transfer(&tb.clients[0], 5001, 51, false);
+    assert!(fetched.contains("ok 20000000 bytes"), "{fetched}");
+    let mss: u32 = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("mss=")?.parse().ok())
+        .unwrap_or_else(|| panic!("no mss in {seen}"));
+    // The target sends segments that fit the tunnel once encapsulated
+    // (1385 announced, less TCP timestamps).
+    assert!(mss <= 1385, "{mss}");
+    client.stop();
+}

@@ -16,10 +16,11 @@ use ipnet::Ipv4Net;
 use nftables::batch::Batch;
 use nftables::expr::{
     CT, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix, SetItem,
+    TcpOption,
 };
 use nftables::helper::{self, DEFAULT_NFT, NftablesError};
 use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
-use nftables::stmt::{Counter, Match, NAT, Operator, Statement};
+use nftables::stmt::{Counter, Mangle, Match, NAT, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 /// The table's name (family ip).
@@ -147,6 +148,38 @@ fn replies_only() -> Statement<'static> {
     )
 }
 
+/// The largest TCP segment a forwarded SYN may announce: what fits
+/// OpenVPN's default mssfix of 1450 bytes per encapsulated packet, less the
+/// data channel's header, packet id and tag (24), a compression framing
+/// byte and the IPv4 and TCP headers (40).
+pub const CLAMPED_MSS: u16 = 1450 - 24 - 1 - 40;
+
+/// `MATCH tcp flags syn tcp option maxseg size > CLAMPED_MSS tcp option
+/// maxseg size set CLAMPED_MSS`.
+fn clamp_mss(side: Statement<'static>) -> Vec<Statement<'static>> {
+    let mss = || {
+        named(NamedExpression::TcpOption(TcpOption {
+            name: "maxseg".into(),
+            field: Some("size".into()),
+        }))
+    };
+    vec![
+        side,
+        is(field("tcp", "flags"), Operator::IN, text("syn")),
+        // `>`: nftables 0.6 has the names of `<` and `>` swapped (its LT
+        // serializes as ">"); the unit test holds the JSON to `>`.
+        is(
+            mss(),
+            Operator::LT,
+            Expression::Number(u32::from(CLAMPED_MSS)),
+        ),
+        Statement::Mangle(Mangle {
+            key: mss(),
+            value: Expression::Number(u32::from(CLAMPED_MSS)),
+        }),
+    ]
+}
+
 fn counted_drop() -> [Statement<'static>; 2] {
     [
         Statement::Counter(Counter::Anonymous(None)),
@@ -232,6 +265,12 @@ pub fn ruleset(
         ));
     }
     b.add(chain("forward", NfChainType::Filter, NfHook::Forward, 0));
+    // Both ways through the tunnel, so neither end sends a segment that
+    // does not fit the tunnel once encapsulated (OpenVPN's mssfix, for
+    // clients that turned theirs off).
+    for key in [MetaKey::Iifname, MetaKey::Oifname] {
+        b.add(rule("forward", clamp_mss(meta(key, tun)), None));
+    }
     let to_tun = || meta(MetaKey::Oifname, tun);
     b.add(rule(
         "forward",
@@ -371,13 +410,24 @@ mod tests {
                 && nat[0].contains(r#"{"snat":{"addr":"192.168.1.10"}}"#)
         );
         let fwd = in_chain("forward");
+        // SYNs both ways through the tunnel are clamped first.
+        for (rule, side) in fwd[..2].iter().zip(["iifname", "oifname"]) {
+            assert!(
+                rule.contains(side)
+                    && rule.contains(r#""tcp option":{"field":"size","name":"maxseg"}"#)
+                    && rule.contains(&format!(r#""op":">","right":{CLAMPED_MSS}"#))
+                    && rule.contains(r#""mangle""#)
+                    && rule.contains(&CLAMPED_MSS.to_string()),
+                "{rule}"
+            );
+        }
         assert!(
-            fwd[0].contains(r#""right":["established","related"]"#) && fwd[0].contains("accept")
+            fwd[2].contains(r#""right":["established","related"]"#) && fwd[2].contains("accept")
         );
         assert!(
-            fwd[1].contains(r#""right":"cvpn-gw0""#)
-                && fwd[1].contains("counter")
-                && fwd[1].contains("drop")
+            fwd[3].contains(r#""right":"cvpn-gw0""#)
+                && fwd[3].contains("counter")
+                && fwd[3].contains("drop")
         );
         let input = in_chain("input");
         assert_eq!(input.len(), 3);

@@ -50,6 +50,11 @@ fn serve(args: &[String]) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     println!("peer={}", peer.ip());
     println!("peer-port={}", peer.port());
+    // The segment size the client's SYN allowed (after any clamping on
+    // the way), as this end sends with it.
+    if let Ok(mss) = socket2::SockRef::from(&sock).tcp_mss() {
+        println!("mss={mss}");
+    }
     let _ = std::io::stdout().flush();
     if args.iter().any(|a| a == "--upload") {
         sock.set_read_timeout(Some(Duration::from_secs(30)))
