@@ -8,6 +8,7 @@ pub mod driver;
 pub mod link;
 pub mod tcp;
 pub mod udp;
+pub mod whereabouts;
 
 pub use link::{OpenVpnLink, Wire};
 

@@ -4,7 +4,6 @@
 //! with a cookie (protocol::openvpn::cookie); only a packet that echoes it
 //! from the same address creates a client.
 
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -14,6 +13,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::driver::{self, Start, tls_factory};
+use super::whereabouts::{Float, Maps, Whereabouts};
 use super::{Client, Clients, RESET_PACKET_ID, Wire, unix_now};
 use crate::endpoint::Endpoint;
 use crate::endpoint::forward::Reply;
@@ -83,22 +83,20 @@ impl UdpClient {
             .unwrap_or_else(|p| p.into_inner())
             .addr
     }
-
-    fn common_name(&self) -> Option<&str> {
-        self.client.session.get().map(|s| s.common_name.as_str())
-    }
 }
 
-/// Who is where. Lock order: these maps, then a wire's peer.
-#[derive(Default)]
-struct Maps {
-    /// The client that holds each address: the one admitted last there
-    /// (DATA_V1 packets, and no other client floats onto it).
-    by_addr: HashMap<SocketAddr, Arc<UdpClient>>,
-    /// Control packets go by address and the client's session id: a new
-    /// session from a known address is a new client, not the old one's.
-    by_sid: HashMap<(SocketAddr, SessionId), Arc<UdpClient>>,
-    by_peer_id: HashMap<u32, Arc<UdpClient>>,
+impl Whereabouts for UdpClient {
+    fn sid(&self) -> SessionId {
+        self.sid
+    }
+
+    fn peer_id(&self) -> u32 {
+        self.client.peer_id
+    }
+
+    fn identity(&self) -> Option<String> {
+        self.client.session.get().map(|s| s.common_name.clone())
+    }
 }
 
 /// Cookie answers per second, all sources together (bursts of twice
@@ -113,7 +111,8 @@ pub struct UdpServer {
     cookie: CookieKey,
     cookie_rate: Mutex<GlobalRate>,
     runtime: tokio::runtime::Handle,
-    maps: Mutex<Maps>,
+    /// Lock order: these maps, then a wire's peer.
+    maps: Mutex<Maps<UdpClient>>,
 }
 
 /// The session id of a control packet's sender: in the clear after the
@@ -142,7 +141,7 @@ impl UdpServer {
         })
     }
 
-    fn maps(&self) -> std::sync::MutexGuard<'_, Maps> {
+    fn maps(&self) -> std::sync::MutexGuard<'_, Maps<UdpClient>> {
         self.maps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -162,9 +161,10 @@ impl UdpServer {
             let known = {
                 let maps = self.maps();
                 match opcode {
-                    packet::DATA_V2 => packet::data_v2_peer_id(dgram)
-                        .and_then(|id| maps.by_peer_id.get(&id).cloned()),
-                    _ => maps.by_addr.get(&from).cloned(),
+                    packet::DATA_V2 => {
+                        packet::data_v2_peer_id(dgram).and_then(|id| maps.by_peer_id(id))
+                    }
+                    _ => maps.by_addr(from),
                 }
             };
             let Some(c) = known else {
@@ -185,7 +185,7 @@ impl UdpServer {
         let Some(sid) = sender_sid(dgram) else {
             return;
         };
-        let known = self.maps().by_sid.get(&(from, sid)).cloned();
+        let known = self.maps().by_sid(from, sid);
         match known {
             // Full: dropped, the client sends it again.
             Some(c) => drop(c.control.try_send(dgram.to_vec())),
@@ -194,40 +194,28 @@ impl UdpServer {
     }
 
     /// An authentic packet came from `now`: replies go there from now on,
-    /// unless another client holds that address. As OpenVPN's server
-    /// (multi_process_float), a session of another certificate keeps it;
-    /// one of the same certificate is ended.
+    /// unless another certificate's session holds that address (a session
+    /// of the same certificate there ends).
     fn float(&self, c: &Arc<UdpClient>, now: Peer) {
-        if *c.wire.peer.lock().unwrap_or_else(|p| p.into_inner()) == now {
+        let old = *c.wire.peer.lock().unwrap_or_else(|p| p.into_inner());
+        if old == now {
             return;
         }
         let mut maps = self.maps();
-        if let Some(holder) = maps.by_addr.get(&now.addr).cloned()
-            && !Arc::ptr_eq(&holder, c)
-        {
-            if holder.common_name() != c.common_name() || c.common_name().is_none() {
+        match maps.float(c, old.addr, now.addr) {
+            Float::Refused => {
                 self.ep.drops.spoofed.fetch_add(1, Ordering::Relaxed);
                 debug!(peer = %now.addr, "float refused: another session holds the address");
                 return;
             }
-            holder
-                .client
-                .stop("replaced by a new session of the same identity");
+            Float::Moved { displaced } => {
+                if let Some(d) = displaced {
+                    d.client
+                        .stop("replaced by a new session of the same identity");
+                }
+            }
         }
-        let old = std::mem::replace(
-            &mut *c.wire.peer.lock().unwrap_or_else(|p| p.into_inner()),
-            now,
-        );
-        if maps
-            .by_addr
-            .get(&old.addr)
-            .is_some_and(|h| Arc::ptr_eq(h, c))
-        {
-            maps.by_addr.remove(&old.addr);
-        }
-        maps.by_addr.insert(now.addr, c.clone());
-        maps.by_sid.remove(&(old.addr, c.sid));
-        maps.by_sid.insert((now.addr, c.sid), c.clone());
+        *c.wire.peer.lock().unwrap_or_else(|p| p.into_inner()) = now;
     }
 
     /// A client was admitted: it holds its address from now on, and any
@@ -235,15 +223,11 @@ impl UdpServer {
     /// carrier NAT reusing it) ends.
     fn take_address(&self, c: &Arc<UdpClient>) {
         let mut maps = self.maps();
-        let addr = c.addr();
-        for other in maps.by_sid.values() {
-            if !Arc::ptr_eq(other, c) && other.addr() == addr {
-                other
-                    .client
-                    .stop("replaced by a new session from the same address");
-            }
+        for other in maps.take_address(c, c.addr()) {
+            other
+                .client
+                .stop("replaced by a new session from the same address");
         }
-        maps.by_addr.insert(addr, c.clone());
     }
 
     /// A control packet from an address without a client of its session
@@ -344,10 +328,7 @@ impl UdpServer {
             sid: p.session_id,
         });
         {
-            let mut maps = self.maps();
-            maps.by_sid.insert((from, p.session_id), entry.clone());
-            maps.by_addr.entry(from).or_insert_with(|| entry.clone());
-            maps.by_peer_id.insert(client.peer_id, entry.clone());
+            self.maps().insert(&entry, from);
         }
         let on_admit: Box<dyn FnOnce() + Send + Sync> = {
             let me = Arc::downgrade(self);
@@ -370,10 +351,7 @@ impl UdpServer {
         self.runtime.spawn(async move {
             driver::drive(me.ep.clone(), client.clone(), control, rx, start).await;
             me.clients.remove(client.peer_id);
-            let mut maps = me.maps();
-            maps.by_peer_id.remove(&client.peer_id);
-            maps.by_addr.retain(|_, u| !Arc::ptr_eq(u, &entry));
-            maps.by_sid.retain(|_, u| !Arc::ptr_eq(u, &entry));
+            me.maps().remove(&entry);
         });
     }
 }
