@@ -72,6 +72,28 @@ iperf_gbps() {
   jq -r '.end.sum_received.bits_per_second / 1e9 * 1000 | floor / 1000' <<<"$json" 2>/dev/null || echo nan
 }
 
+# CPU seconds (user + system, every thread) the processes in the gateway
+# namespace (the VPN server under test) have used so far.
+gw_cpu_s() {
+  local ticks=0 p t
+  for p in $(ip netns pids "$NS_G" 2>/dev/null); do
+    # Fields after the command name, which may hold spaces: utime is the
+    # 12th, stime the 13th.
+    t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || continue
+    ticks=$((ticks + ${t:-0}))
+  done
+  awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.3f", t / hz}'
+}
+
+# iperf_gbps with the gateway's CPU: prints "GBPS CPU_SECONDS".
+iperf_gbps_cpu() {
+  local before after g
+  before=$(gw_cpu_s)
+  g=$(iperf_gbps "$@")
+  after=$(gw_cpu_s)
+  echo "$g $(awk -v a="$before" -v b="$after" 'BEGIN {printf "%.3f", b - a}')"
+}
+
 # Fresh one-shot iperf3 servers in the target, one per port (default 5201).
 # The last test's may still be finishing (slow tunnels drain late), and a
 # new server cannot bind its port then: the client found the old one gone

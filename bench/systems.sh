@@ -25,8 +25,9 @@ stop_all() {
 # tables: plain, cvpn, cvpn-udp, cvpn-flowlog (cvpn with a flow log:
 # conntrack's per-flow counters and events), cvpn-openvpn-udp, cvpn-openvpn-tcp (the
 # stock openvpn client against cvpn-gw), openvpn-udp, openvpn-tcp,
-# ocserv-tls, ocserv-dtls; and cvpn-alt / cvpn-udp-alt, cvpn with the cvpn-gw and
-# cvpn-client found in $CVPN_ALT_BIN (an A/B of two builds in one run).
+# ocserv-tls, ocserv-dtls; and cvpn-alt / cvpn-udp-alt / cvpn-openvpn-udp-alt /
+# cvpn-openvpn-tcp-alt, the same with the cvpn-gw and cvpn-client found in
+# $CVPN_ALT_BIN (an A/B of two builds in one run).
 start_system() {
   local own=$BIN rc=0
   case $1 in
@@ -41,6 +42,8 @@ start_system() {
     cvpn-udp-alt) BIN=$CVPN_ALT_BIN; CVPN_TRANSPORT=udp start_cvpn || rc=$? ;;
     cvpn-openvpn-udp) start_cvpn_openvpn udp ;;
     cvpn-openvpn-tcp) start_cvpn_openvpn tcp ;;
+    cvpn-openvpn-udp-alt) BIN=$CVPN_ALT_BIN; start_cvpn_openvpn udp || rc=$? ;;
+    cvpn-openvpn-tcp-alt) BIN=$CVPN_ALT_BIN; start_cvpn_openvpn tcp || rc=$? ;;
     openvpn-udp) start_openvpn udp ;;
     openvpn-tcp) start_openvpn tcp ;;
     ocserv-tls) start_ocserv tls ;;
