@@ -5,8 +5,9 @@
 //!   TLS close_notify followed by another control packet, and reports
 //!   whether the gateway closes the connection;
 //! - `pending`: opens many connections that stay in the handshake, each
-//!   having sent the largest control packets the gateway takes, out of
-//!   order so that they are buffered, and holds them open.
+//!   having sent all but the last byte of the largest TLS handshake
+//!   message and then the largest control packets the gateway takes, out
+//!   of order so that they are buffered, and holds them open.
 //!
 //! Both stop by themselves (`--hold` seconds at most).
 
@@ -272,25 +273,34 @@ fn close_notify(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// pending --connect ADDR --count N [--hold S]: N connections in their
-/// handshake, each with 11 control packets of the largest size buffered
-/// out of order at the gateway (message id 1 never comes).
-fn pending(args: &[String]) -> Result<(), String> {
-    let to = arg(args, "--connect")?;
-    let count = num(args, "--count", 1000).min(5000);
-    let hold = Duration::from_secs(num(args, "--hold", 10).min(300));
-    let payload = vec![0x16; MAX_RECEIVED_PAYLOAD];
-    let mut open = Vec::new();
-    for _ in 0..count {
-        let Ok(mut s) = TcpStream::connect(&to) else {
-            continue;
-        };
-        let sid = new_sid();
-        if write_packet(&mut s, &reset(sid)).is_err() {
-            continue;
-        }
-        let mut ok = true;
-        for id in 2..13u32 {
+/// What one pending handshake sends: in order, TLS records carrying the
+/// start of the largest handshake message TLS allows (rustls buffers it
+/// while it waits for the rest), then the largest control packets the
+/// gateway takes, out of order (message id `in_order + 1` never comes), so
+/// that its reliability layer holds them too.
+fn pending_packets(sid: SessionId) -> Vec<Vec<u8>> {
+    // One ClientHello of 2^16 - 1 bytes, in records of 2^14 bytes, of
+    // which all but the last byte is sent.
+    let mut message = vec![1u8, 0, 0xff, 0xff];
+    message.resize(4 + 0xffff - 1, 0x41);
+    let mut tls = Vec::new();
+    for record in message.chunks(1 << 14) {
+        tls.extend_from_slice(&[0x16, 3, 1]);
+        tls.extend_from_slice(&(record.len() as u16).to_be_bytes());
+        tls.extend_from_slice(record);
+    }
+    let mut chunks: Vec<(u32, Vec<u8>)> = tls
+        .chunks(MAX_RECEIVED_PAYLOAD)
+        .enumerate()
+        .map(|(i, c)| (i as u32 + 1, c.to_vec()))
+        .collect();
+    let next = chunks.len() as u32 + 1;
+    for id in next + 1..next + 12 {
+        chunks.push((id, vec![0x16; MAX_RECEIVED_PAYLOAD]));
+    }
+    chunks
+        .into_iter()
+        .map(|(id, payload)| {
             let mut p = Vec::new();
             ControlPacket {
                 opcode: CONTROL_V1,
@@ -302,6 +312,26 @@ fn pending(args: &[String]) -> Result<(), String> {
                 payload: &payload,
             }
             .encode(&mut p);
+            p
+        })
+        .collect()
+}
+
+/// pending --connect ADDR --count N [--hold S]: N connections that stay
+/// in their handshake holding as much of the gateway's memory as a
+/// client can make it hold (pending_packets), for S seconds.
+fn pending(args: &[String]) -> Result<(), String> {
+    let to = arg(args, "--connect")?;
+    let count = num(args, "--count", 1000).min(5000);
+    let hold = Duration::from_secs(num(args, "--hold", 10).min(300));
+    let mut open = Vec::new();
+    for _ in 0..count {
+        let Ok(mut s) = TcpStream::connect(&to) else {
+            continue;
+        };
+        let sid = new_sid();
+        let mut ok = write_packet(&mut s, &reset(sid)).is_ok();
+        for p in pending_packets(sid) {
             ok &= write_packet(&mut s, &p).is_ok();
         }
         if ok {

@@ -24,6 +24,11 @@ use crate::protocol::openvpn::packet::{self, ControlPacket, HARD_RESET_CLIENT_V2
 /// An OpenVPN packet on TCP is at most this long (the length field's
 /// range; a real one is under 2 KB).
 const MAX_FRAME: usize = u16::MAX as usize;
+/// A packet from a client is at most this long: a data packet of the
+/// pushed tun-mtu (1500) with its overhead, or a control packet, with room
+/// to spare. A longer length ends the connection before anything of it is
+/// buffered (OpenVPN's server drops such a stream too).
+const MAX_CLIENT_FRAME: usize = 4096;
 /// Bytes queued for one client at most; past it packets are dropped, as
 /// a full interface queue would.
 const OUTBOX_LIMIT: usize = 2 * 1024 * 1024;
@@ -91,7 +96,8 @@ impl StreamWire {
 }
 
 /// Reads one length-prefixed packet into `buf` (after whatever it holds);
-/// None at the end of the stream or on a zero length.
+/// None at the end of the stream, on a zero length or one over
+/// MAX_CLIENT_FRAME.
 async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Option<usize> {
     while buf.len() < 2 {
         if rd.read_buf(buf).await.ok()? == 0 {
@@ -99,7 +105,7 @@ async fn read_frame<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Opt
         }
     }
     let len = usize::from(u16::from_be_bytes([buf[0], buf[1]]));
-    if len == 0 {
+    if len == 0 || len > MAX_CLIENT_FRAME {
         return None;
     }
     while buf.len() < 2 + len {
@@ -198,5 +204,26 @@ async fn read_loop<R: AsyncRead + Unpin>(
             return;
         }
         buf.advance(2 + len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_over_the_client_limit_end_the_stream_unread() {
+        let mut ok = vec![0, 3, 1, 2, 3];
+        ok.extend_from_slice(&[0x10, 0x01]);
+        ok.extend_from_slice(&[7; 64]);
+        let mut rd = &ok[..];
+        let mut buf = BytesMut::new();
+        assert_eq!(read_frame(&mut rd, &mut buf).await, Some(3));
+        buf.advance(5);
+        // 4097 announced: refused before the rest is read.
+        assert_eq!(read_frame(&mut rd, &mut buf).await, None);
+        assert!(buf.len() <= 66, "{}", buf.len());
+        let mut rd = &[0u8, 0][..];
+        assert_eq!(read_frame(&mut rd, &mut BytesMut::new()).await, None);
     }
 }
