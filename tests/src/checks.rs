@@ -47,6 +47,20 @@ pub fn transfers_both_ways_from_eni(tb: &Testbed, c: &str, port: u16, seeds: (u3
     );
 }
 
+/// `count` pings from `ns` to `dst` 0.2 s apart (a renegotiation or two
+/// happen meanwhile); returns how many were answered and ping's summary.
+pub fn pings_answered(ns: &str, dst: &str, count: u32) -> (u32, String) {
+    let out = crate::netns::sh_ok(
+        ns,
+        &format!("ping -n -q -c {count} -i 0.2 -W 1 {dst} || true"),
+    );
+    let received = out
+        .split(',')
+        .find_map(|p| p.trim().strip_suffix(" received")?.parse().ok())
+        .unwrap_or(0);
+    (received, out)
+}
+
 /// The connection log's records so far.
 pub fn connection_log(tb: &Testbed) -> Vec<serde_json::Value> {
     std::fs::read_to_string(tb.connection_log())

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use cvpn_e2e::checks::{connection_log, denied, ping, transfers_both_ways_from_eni};
+use cvpn_e2e::checks::{
+    connection_log, denied, ping, pings_answered, transfers_both_ways_from_eni,
+};
 use cvpn_e2e::netns::{Proc, in_ns, sh_ok};
 use cvpn_e2e::openvpn::{address_of, openvpn, routes_via};
 use cvpn_e2e::testbed::{TARGET, Testbed};
@@ -250,20 +252,14 @@ fn renegotiations_keep_the_tunnel_up() {
         let args = ["--reneg-sec", "10", "--verb", "4", "--proto", proto];
         let mut client = openvpn(&tb, &gw, 0, &profile, &args);
         // 125 pings 0.2 s apart: 25 s, two renegotiations.
-        let out = sh_ok(
-            c,
-            &format!("ping -n -q -c 125 -i 0.2 -W 1 {TARGET} || true"),
-        );
+        let (received, out) = pings_answered(c, TARGET, 125);
         let renegotiated = client.output().matches("Control Channel: TLSv1.3").count() - 1;
         assert!(
             renegotiated >= 2,
             "{proto}: {renegotiated}\n{}",
             client.output()
         );
-        let received: u32 = out
-            .split(',')
-            .find_map(|p| p.trim().strip_suffix(" received")?.parse().ok())
-            .unwrap_or(0);
+
         assert!(received >= 124, "{proto}: {out}\n{}", client.output());
         client.stop();
     }

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cvpn_e2e::checks::transfers_both_ways_from_eni;
+use cvpn_e2e::checks::{pings_answered, transfers_both_ways_from_eni};
 use cvpn_e2e::netns::{Proc, in_ns, sh_ok};
 use cvpn_e2e::openvpn::{address_of, routes_via};
 use cvpn_e2e::testbed::{TARGET, Testbed};
@@ -99,14 +99,8 @@ fn matrix(client_name: &str, tag: &str) {
         );
         transfers_both_ways_from_eni(&tb, c, 5001, (41, 42));
         // 25 s of pings 0.2 s apart: two renegotiations or more.
-        let out = sh_ok(
-            c,
-            &format!("ping -n -q -c 125 -i 0.2 -W 1 {TARGET} || true"),
-        );
-        let received: u32 = out
-            .split(',')
-            .find_map(|p| p.trim().strip_suffix(" received")?.parse().ok())
-            .unwrap_or(0);
+        let (received, out) = pings_answered(c, TARGET, 125);
+
         assert!(received >= 123, "{proto}: {out}\n{}", client.output());
         let out = client.output();
         let handshakes: Vec<&str> = out

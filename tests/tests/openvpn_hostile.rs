@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use cvpn_e2e::checks::{connection_log, transfers_both_ways_from_eni};
+use cvpn_e2e::checks::{connection_log, pings_answered, transfers_both_ways_from_eni};
 use cvpn_e2e::netns::sh_ok;
 use cvpn_e2e::openvpn::{openvpn, spawn_openvpn, wait_connected};
 use cvpn_e2e::testbed::{TARGET, Testbed};
@@ -262,16 +262,10 @@ fn the_server_renegotiates_for_clients_that_never_do() {
     std::fs::write(&config, text).unwrap();
     let gw = tb.start_gateway(&config);
     let mut client = openvpn(&tb, &gw, 0, &profile, &["--reneg-sec", "0", "--verb", "4"]);
-    let out = sh_ok(
-        c,
-        &format!("ping -n -q -c 130 -i 0.2 -W 1 {TARGET} || true"),
-    );
+    let (received, out) = pings_answered(c, TARGET, 130);
     let keys = client.output().matches("Control Channel: TLS").count();
     assert!(keys >= 3, "{keys} keys\n{}", client.output());
-    let received: u32 = out
-        .split(',')
-        .find_map(|p| p.trim().strip_suffix(" received")?.parse().ok())
-        .unwrap_or(0);
+
     assert!(received >= 128, "{out}\n{}", client.output());
     client.stop();
 }

@@ -3,64 +3,14 @@
 //! out of turn, foreign session ids, oversize packets, no shared cipher;
 //! and the server's own renegotiation.
 
-use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rustls::ClientConfig;
-
-use super::tests::{Peer, events, exchange, setup};
+use super::tests::{Peer, events, exchange, start};
 use super::*;
-use crate::protocol::openvpn::packet::{CONTROL_V1, HARD_RESET_CLIENT_V2};
+use crate::protocol::openvpn::packet::CONTROL_V1;
 
 const INFO_2_6: &str = "IV_VER=2.6.14\nIV_PROTO=990\nIV_CIPHERS=AES-256-GCM:AES-128-GCM\n";
-
-struct Started {
-    c: Control,
-    peer: Peer,
-    server: SessionId,
-    config: Arc<ClientConfig>,
-    now: Instant,
-    _dir: tempfile::TempDir,
-}
-
-/// A TCP client through its reset and TLS handshake; with `info`, also
-/// through key method 2 and the first key's activation.
-fn start(info: Option<&str>) -> Started {
-    let dir = tempfile::tempdir().unwrap();
-    let (factory, config) = setup(dir.path());
-    let now = Instant::now();
-    let mut peer = Peer::new(&config, [1; 8], 0);
-    let mut reset = Vec::new();
-    ControlPacket {
-        opcode: HARD_RESET_CLIENT_V2,
-        key_id: 0,
-        session_id: peer.sid,
-        acks: Acks::default(),
-        remote_session_id: None,
-        message_id: Some(0),
-        payload: b"",
-    }
-    .encode(&mut reset);
-    peer.reliable.send(HARD_RESET_CLIENT_V2, Vec::new());
-    let _ = peer.reliable.poll_transmit(now);
-    let mut c =
-        Control::from_reset(&ControlPacket::parse(&reset).unwrap(), [2; 8], factory, now).unwrap();
-    let mut server = [0u8; 8];
-    exchange(&mut c, &mut peer, &mut server, now);
-    if let Some(info) = info {
-        peer.send_keys_with(info);
-        exchange(&mut c, &mut peer, &mut server, now);
-    }
-    Started {
-        c,
-        peer,
-        server,
-        config,
-        now,
-        _dir: dir,
-    }
-}
 
 fn control(sid: SessionId, key_id: u8, opcode: u8, id: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();

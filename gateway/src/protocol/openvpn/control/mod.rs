@@ -11,6 +11,7 @@
 //! then 1 again); the primary becomes the lame duck, which still opens
 //! packets for the transition window and never displaces a primary.
 
+mod event;
 mod exchange;
 mod records;
 
@@ -22,10 +23,11 @@ use std::time::{Duration, Instant};
 use cvpn_pki::ClientIdentity;
 use rustls::{ServerConfig, ServerConnection};
 
+pub use self::event::Event;
 pub use self::exchange::NO_SHARED_CIPHER;
 pub use self::records::CLOSED;
 use self::records::{feed_tls, flush_tls, read_plaintext};
-use super::keys::{Cipher, PeerInfo, ServerKeys};
+use super::keys::Cipher;
 use super::packet::{
     ACK_V1, Acks, ControlPacket, HARD_RESET_SERVER_V2, MAX_ACKS, SOFT_RESET_V1, SessionId,
 };
@@ -54,55 +56,6 @@ const MAX_PLAINTEXT: usize = 16 * 1024;
 /// one: a reloaded CRL applies to renegotiations too).
 pub type TlsFactory =
     Box<dyn Fn() -> Result<(Arc<ServerConfig>, PresentedSlot), String> + Send + Sync>;
-
-/// What the shell must act on.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Event {
-    /// The first key's TLS handshake and key exchange finished: the shell
-    /// admits the client.
-    Authenticated {
-        /// From the client's certificate.
-        identity: ClientIdentity,
-        /// What the client said about itself.
-        peer_info: PeerInfo,
-        /// The negotiated data-channel cipher.
-        cipher: Cipher,
-        /// Data keys come from the TLS exporter (else the PRF).
-        tls_ekm: bool,
-    },
-    /// The client authenticated but cannot be served (no data cipher in
-    /// common): the shell tells it why (AUTH_FAILED) and ends.
-    Refused {
-        /// From the client's certificate.
-        identity: ClientIdentity,
-        /// What the client is told.
-        reason: String,
-    },
-    /// Data-channel keys for a key id: open with them at once, seal with
-    /// them after `Active`.
-    Keys {
-        /// The key id.
-        key_id: u8,
-        /// The cipher.
-        cipher: Cipher,
-        /// Both directions.
-        keys: ServerKeys,
-    },
-    /// The client has the key id's keys: seal with them from now on.
-    Active {
-        /// The key id.
-        key_id: u8,
-    },
-    /// A replaced key id's transition window is over: drop its keys.
-    Retired {
-        /// The key id.
-        key_id: u8,
-    },
-    /// The client asked for its configuration.
-    PushRequest,
-    /// The client announced its exit.
-    Exit,
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {

@@ -185,33 +185,63 @@ pub(super) fn events(c: &mut Control) -> Vec<Event> {
     std::iter::from_fn(|| c.poll_event()).collect()
 }
 
-#[test]
-fn a_client_authenticates_gets_keys_asks_for_its_push_and_renegotiates() {
+pub(super) struct Started {
+    pub(super) c: Control,
+    pub(super) peer: Peer,
+    pub(super) server: SessionId,
+    pub(super) config: Arc<ClientConfig>,
+    pub(super) now: Instant,
+    _dir: tempfile::TempDir,
+}
+
+/// A TCP client through its reset and TLS handshake; with `info`, also
+/// through key method 2 and the first key's activation.
+pub(super) fn start(info: Option<&str>) -> Started {
     let dir = tempfile::tempdir().unwrap();
-    let (factory, client_config) = setup(dir.path());
+    let (factory, config) = setup(dir.path());
     let now = Instant::now();
-    let mut peer = Peer::new(&client_config, [1; 8], 0);
-    let reset = {
-        let mut p = Vec::new();
-        ControlPacket {
-            opcode: HARD_RESET_CLIENT_V2,
-            key_id: 0,
-            session_id: peer.sid,
-            acks: Acks::default(),
-            remote_session_id: None,
-            message_id: Some(0),
-            payload: b"",
-        }
-        .encode(&mut p);
-        p
-    };
-    // The client's reset was message 0 of its own reliability state.
+    let mut peer = Peer::new(&config, [1; 8], 0);
+    let mut reset = Vec::new();
+    ControlPacket {
+        opcode: HARD_RESET_CLIENT_V2,
+        key_id: 0,
+        session_id: peer.sid,
+        acks: Acks::default(),
+        remote_session_id: None,
+        message_id: Some(0),
+        payload: b"",
+    }
+    .encode(&mut reset);
     peer.reliable.send(HARD_RESET_CLIENT_V2, Vec::new());
     let _ = peer.reliable.poll_transmit(now);
     let mut c =
         Control::from_reset(&ControlPacket::parse(&reset).unwrap(), [2; 8], factory, now).unwrap();
     let mut server = [0u8; 8];
     exchange(&mut c, &mut peer, &mut server, now);
+    if let Some(info) = info {
+        peer.send_keys_with(info);
+        exchange(&mut c, &mut peer, &mut server, now);
+    }
+    Started {
+        c,
+        peer,
+        server,
+        config,
+        now,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_client_authenticates_gets_keys_asks_for_its_push_and_renegotiates() {
+    let Started {
+        mut c,
+        mut peer,
+        mut server,
+        config: client_config,
+        now,
+        _dir,
+    } = start(None);
     assert_eq!(server, [2; 8]);
     assert!(!peer.tls.is_handshaking());
     assert!(events(&mut c).is_empty(), "nothing before the key exchange");
