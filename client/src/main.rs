@@ -1,4 +1,4 @@
-//! `cvpn-client connect profile.ovpnx [--once]`.
+//! `cvpn-client connect profile.ovpn [--once]` (any file name).
 
 mod datagram;
 mod setup;

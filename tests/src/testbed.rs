@@ -185,10 +185,13 @@ target = "tn-a"
         self.export_profile(name, i)
     }
 
+    /// `export-profile` for `name` and client `i`, named `.ovpn` as stock
+    /// clients want it (cvpn-client takes any name); it says that every
+    /// client takes the file.
     pub fn export_profile(&self, name: &str, i: usize) -> PathBuf {
-        let out = self.path(&format!("{name}.ovpnx"));
+        let out = self.path(&format!("{name}.ovpn"));
         let config = self.path("endpoint.toml");
-        crate::ok(
+        let result = crate::run(
             std::process::Command::new(bin("cvpn-gw"))
                 .args(["export-profile", "--config"])
                 .arg(&config)
@@ -202,6 +205,12 @@ target = "tn-a"
                     "--out",
                 ])
                 .arg(&out),
+        );
+        let said = String::from_utf8_lossy(&result.stderr);
+        assert!(
+            result.status.success()
+                && said.contains("OpenVPN Connect / OpenVPN 3 take it as it is"),
+            "export-profile: {said}"
         );
         out
     }

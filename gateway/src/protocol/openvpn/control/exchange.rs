@@ -131,3 +131,15 @@ impl Control {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_options_string_names_the_transport() {
+        assert!(options(Transport::Udp).contains(",proto UDPv4,"));
+        assert!(options(Transport::Tcp).contains(",proto TCPv4_SERVER,"));
+        assert!(!options(Transport::Tcp).contains("UDP"));
+    }
+}
