@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Pre-authentication memory: the gateway's resident memory before and with
-# N OpenVPN handshakes pending over TCP, each having sent the largest
+# N OpenVPN handshakes pending over TCP, each having sent 60 KB of an
+# unfinished TLS handshake message (rustls keeps up to 64 KiB) and the largest
 # control packets the gateway takes, out of order so that they stay
 # buffered (tests/src/bin/cvpn-e2e-ovpn.rs `pending`). Needs root.
 #
@@ -42,5 +43,5 @@ for ((i = 0; i < RUNS; i++)); do
   echo "  run $((i + 1)): $pending pending, gateway RSS $before KiB before, $held KiB with them: ${per[-1]} KiB each" >&2
 done
 echo
-echo "OpenVPN handshakes pending over TCP, each with 11 control packets of the largest size buffered:"
+echo "OpenVPN handshakes pending over TCP, each holding 60 KB of an unfinished TLS handshake message and 11 of the largest control packets out of order:"
 echo "  KiB of gateway RSS per pending handshake: ${per[*]}: median $(median "${per[@]}")"
