@@ -386,10 +386,11 @@ impl Run<'_> {
                     None => return,
                 },
                 _ = sleep_until(tick) => {
-                    if Instant::now() >= until {
+                    if Instant::now() >= until
+                        || control.on_timeout(std::time::Instant::now()).is_err()
+                    {
                         return;
                     }
-                    let _ = control.on_timeout(std::time::Instant::now());
                 }
             }
         }

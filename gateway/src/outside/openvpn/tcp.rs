@@ -32,6 +32,10 @@ const MAX_CLIENT_FRAME: usize = 4096;
 /// Bytes queued for one client at most; past it packets are dropped, as
 /// a full interface queue would.
 const OUTBOX_LIMIT: usize = 2 * 1024 * 1024;
+/// A client sends its reset as soon as it is connected: a connection
+/// silent this long gives its handshake slot back (the hand window of 60 s
+/// starts with the reset).
+const FIRST_PACKET_TIMEOUT: Duration = Duration::from_secs(20);
 /// Control packets waiting for the driver at most (each at most
 /// MAX_CONTROL_PACKET bytes).
 const CONTROL_QUEUE: usize = 16;
@@ -124,7 +128,7 @@ pub async fn serve(out: Outside, tcp: TcpStream, device: SocketAddr, permit: Own
     let started = time::OffsetDateTime::now_utc();
     let (mut rd, wr) = tcp.into_split();
     let mut buf = BytesMut::with_capacity(4096);
-    let first = tokio::time::timeout(driver::AUTH_TIMEOUT, read_frame(&mut rd, &mut buf)).await;
+    let first = tokio::time::timeout(FIRST_PACKET_TIMEOUT, read_frame(&mut rd, &mut buf)).await;
     let Ok(Some(len)) = first else {
         return ep.failed_without_certificate(device, "no OpenVPN reset");
     };
