@@ -11,7 +11,8 @@ deb=$(cargo deb -p cvpn-gw --no-build --no-strip 2>&1 | tail -1)
 listing=$(dpkg-deb -c "$deb")
 for path in ./usr/bin/cvpn-gw ./usr/bin/cvpn-client ./usr/bin/cvpn-pki \
   ./lib/systemd/system/cvpn-gw.service ./lib/systemd/system/cvpn-client@.service \
-  ./usr/share/doc/cvpn/examples/endpoint.toml ./usr/share/doc/cvpn/grafana/cvpn.json; do
+  ./usr/share/doc/cvpn/examples/endpoint.toml ./usr/share/doc/cvpn/grafana/cvpn.json \
+  ./etc/logrotate.d/cvpn-gw; do
   grep -q " $path\$" <<<"$listing" || { echo "$deb lacks $path:" >&2; echo "$listing" >&2; exit 1; }
 done
 echo "$deb"

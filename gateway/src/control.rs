@@ -25,6 +25,9 @@ pub enum Request {
     Connections,
     /// Re-read and apply the configuration file (as SIGHUP).
     Reload,
+    /// Reopen the connection log and the flow log under their names
+    /// (as SIGUSR1), after logrotate moved them.
+    ReopenLogs,
     /// End sessions by connection id or common name.
     Terminate {
         /// The session's connection id.
@@ -140,6 +143,10 @@ fn handle(ep: &Endpoint, req: Request) -> Value {
         Request::Reload => match ep.reload() {
             Ok(changed) => json!({ "reloaded": true, "changed": changed }),
             Err(e) => json!({ "error": e.to_string() }),
+        },
+        Request::ReopenLogs => match ep.reopen_logs() {
+            Ok(logs) => json!({ "reopened": logs }),
+            Err(e) => json!({ "error": e }),
         },
         Request::Terminate {
             connection_id,

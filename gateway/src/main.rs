@@ -89,6 +89,14 @@ enum Command {
         #[arg(long, default_value = cvpn_gw::config::DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
     },
+    /// Reopen the connection log and the flow log under their names (as
+    /// SIGUSR1), after logrotate moved them; exits non-zero, naming the
+    /// file, when one cannot be reopened
+    ReopenLogs {
+        /// The endpoint's control socket
+        #[arg(long, default_value = cvpn_gw::config::DEFAULT_CONTROL_SOCKET)]
+        control: PathBuf,
+    },
     /// End connections, by id or by certificate common name
     Terminate {
         /// The endpoint's control socket
@@ -166,6 +174,16 @@ fn run(cli: Cli) -> Result<()> {
                 println!("reloaded: nothing changed");
             } else {
                 println!("reloaded: {} changed", changed.join(", "));
+            }
+            Ok(())
+        }
+        Command::ReopenLogs { control } => {
+            let v = runtime()?.block_on(control::request(
+                &control,
+                json!({"command": "reopen_logs"}),
+            ))?;
+            for log in v["reopened"].as_array().into_iter().flatten() {
+                println!("reopened {}", log.as_str().unwrap_or("?"));
             }
             Ok(())
         }

@@ -58,6 +58,7 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let policy = Policy::compile(&config).context("authorization_rules")?;
     // Each client is a socket: thousands of them need more than the usual
     // soft limit of 1024 descriptors.
@@ -99,7 +100,9 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     };
     let connlog = match &config.connection_log {
         Some(p) => {
-            Some(JsonLog::open(p).with_context(|| format!("connection_log: {}", p.display()))?)
+            Some(Arc::new(JsonLog::open(p).with_context(|| {
+                format!("connection_log: {}", p.display())
+            })?))
         }
         None => None,
     };
@@ -147,6 +150,7 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     let flows = match &config.flow_log {
         Some(p) => {
             let log = JsonLog::open(p).with_context(|| format!("flow_log: {}", p.display()))?;
+            let log = Arc::new(log);
             let socket = netsetup::conntrack::subscribe()
                 .context("flow_log: cannot subscribe to conntrack events")?;
             Some((socket, log))
@@ -188,6 +192,7 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
         openvpn,
     };
     if let Some((socket, log)) = flows {
+        ep.keep_log(log.clone());
         let ep = ep.clone();
         std::thread::Builder::new()
             .name("flow-log".into())
@@ -232,6 +237,11 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
                 // Logged and counted by reload itself.
                 let ep = ep.clone();
                 let _ = tokio::task::spawn_blocking(move || ep.reload()).await;
+            }
+            _ = usr1.recv() => {
+                // Logged by reopen_logs itself.
+                let ep = ep.clone();
+                let _ = tokio::task::spawn_blocking(move || ep.reopen_logs()).await;
             }
             r = tasks.join_next() => break match r {
                 Some(Ok(Err(e))) => Err(e),

@@ -77,6 +77,7 @@ fn every_option_of_every_command_says_what_it_does() {
         "tls-crypt-key",
         "connections",
         "reload",
+        "reopen-logs",
         "terminate",
     ] {
         missing.extend(undocumented("cvpn-gw", &[sub]));

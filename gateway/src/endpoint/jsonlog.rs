@@ -1,5 +1,6 @@
 //! A log file of one JSON object per line (the connection log, the flow
-//! log), appended to by many threads.
+//! log), appended to by many threads, and reopened under its name when
+//! logrotate has moved it away.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -9,6 +10,20 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
+
+/// Opens `path` to append, created 0640 if new (its directory too), never
+/// through a symbolic link.
+fn open_file(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
 
 /// An open JSON-lines log.
 pub struct JsonLog {
@@ -22,20 +37,25 @@ impl JsonLog {
     /// Opens `path` for appending, creating it (and its directory) if
     /// needed; never through a symbolic link.
     pub fn open(path: &Path) -> std::io::Result<JsonLog> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o640)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?;
         Ok(JsonLog {
             path: path.to_path_buf(),
-            file: Mutex::new(file),
+            file: Mutex::new(open_file(path)?),
             failing: AtomicBool::new(false),
         })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the path again (a new file if logrotate moved the old one
+    /// away) and writes there from now on. A line is written whole to one
+    /// file or the other; on an error the old file stays in use.
+    pub fn reopen(&self) -> std::io::Result<()> {
+        let file = open_file(&self.path)?;
+        *self.file.lock().unwrap_or_else(|p| p.into_inner()) = file;
+        Ok(())
     }
 
     /// Appends `value` as one line: a single write, so lines of threads
@@ -57,5 +77,33 @@ impl JsonLog {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reopened_log_writes_to_the_new_file_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let log = JsonLog::open(&path).unwrap();
+        log.write(&serde_json::json!({"n": 1}));
+        let rotated = dir.path().join("log.jsonl.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        // Until it is reopened, lines follow the file it has.
+        log.write(&serde_json::json!({"n": 2}));
+        log.reopen().unwrap();
+        log.write(&serde_json::json!({"n": 3}));
+        assert_eq!(
+            std::fs::read_to_string(&rotated).unwrap(),
+            "{\"n\":1}\n{\"n\":2}\n"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":3}\n");
+        // A symbolic link in its place is refused; the old file stays.
+        std::fs::rename(&path, dir.path().join("log.jsonl.2")).unwrap();
+        std::os::unix::fs::symlink(&rotated, &path).unwrap();
+        assert!(log.reopen().is_err());
     }
 }

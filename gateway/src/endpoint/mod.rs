@@ -121,7 +121,9 @@ pub struct Endpoint {
     leases: Mutex<Leases>,
     admission: tokio::sync::Mutex<()>,
     failures: Mutex<FailureTally>,
-    connlog: Option<JsonLog>,
+    connlog: Option<Arc<JsonLog>>,
+    /// Every log file, for `reopen_logs`.
+    logs: Mutex<Vec<Arc<JsonLog>>>,
     inside: Box<dyn Inside>,
 }
 
@@ -136,7 +138,7 @@ impl Endpoint {
         policy: Policy,
         acceptor: tls::Acceptor,
         leases: Leases,
-        connlog: Option<JsonLog>,
+        connlog: Option<Arc<JsonLog>>,
         inside: Box<dyn Inside>,
     ) -> Endpoint {
         Endpoint {
@@ -151,6 +153,7 @@ impl Endpoint {
             leases: Mutex::new(leases),
             admission: tokio::sync::Mutex::new(()),
             failures: Mutex::new(FailureTally::default()),
+            logs: Mutex::new(connlog.iter().cloned().collect()),
             connlog,
             inside,
             config: ArcSwap::from_pointee(config),
@@ -208,6 +211,37 @@ impl Endpoint {
                   reason = %untrusted(reason), "connection refused");
         }
         self.log(record);
+    }
+
+    /// Adds a log file that `reopen_logs` reopens (the flow log).
+    pub fn keep_log(&self, log: Arc<JsonLog>) {
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(log);
+    }
+
+    /// Reopens every log file under its name (after logrotate moved it);
+    /// returns the paths, or what could not be reopened (those keep
+    /// writing to the file they had).
+    pub fn reopen_logs(&self) -> Result<Vec<String>, String> {
+        let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for log in logs {
+            let path = log.path().display().to_string();
+            match log.reopen() {
+                Ok(()) => done.push(path),
+                Err(e) => failed.push(format!("{path}: {e}")),
+            }
+        }
+        if failed.is_empty() {
+            info!(logs = ?done, "logs reopened");
+            Ok(done)
+        } else {
+            warn!(failed = ?failed, "logs not reopened");
+            Err(failed.join("; "))
+        }
     }
 
     /// Counts a failed attempt that presented no certificate; it is

@@ -58,7 +58,7 @@ pub fn subscribe() -> std::io::Result<Socket> {
 
 /// Reads events from `socket` for as long as the process runs, writing
 /// the flow log lines to `log`.
-pub fn run(socket: Socket, ep: Arc<Endpoint>, log: JsonLog) {
+pub fn run(socket: Socket, ep: Arc<Endpoint>, log: Arc<JsonLog>) {
     let mut tracker = FlowTracker::default();
     let mut buf = vec![0u8; 1 << 16];
     let mut warned: Option<Instant> = None;
