@@ -90,6 +90,7 @@ pub struct Proc {
     pub name: String,
     child: Option<Child>,
     output: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -101,6 +102,7 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let output = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for stream in [
             child
                 .stdout
@@ -115,18 +117,19 @@ impl Proc {
         .flatten()
         {
             let out = output.clone();
-            std::thread::spawn(move || {
+            readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     let mut o = out.lock().unwrap_or_else(|p| p.into_inner());
                     o.push_str(&line);
                     o.push('\n');
                 }
-            });
+            }));
         }
         Proc {
             name: name.to_string(),
             child: Some(child),
             output,
+            readers,
         }
     }
 
@@ -151,7 +154,12 @@ impl Proc {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                std::thread::sleep(Duration::from_millis(100));
+                // The process may exit before its last lines are read.
+                self.drain_output();
+                let out = self.output();
+                if out.contains(needle) {
+                    return out;
+                }
                 panic!(
                     "{} exited ({status}) before printing {needle:?}:\n{}",
                     self.name,
@@ -164,6 +172,15 @@ impl Proc {
                 self.name
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (at most 2 s) for the readers to reach the end of the
+    /// exited process's output.
+    fn drain_output(&self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && self.readers.iter().any(|r| !r.is_finished()) {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -182,8 +199,8 @@ impl Proc {
         let child = self.child.as_mut()?;
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                std::thread::sleep(Duration::from_millis(100));
                 self.child = None;
+                self.drain_output();
                 return status.code().or(Some(-1));
             }
             if Instant::now() > deadline {
