@@ -324,6 +324,13 @@ fn print_status(c: &Connected) {
         tunnel::TUN_NAME
     );
     println!("  routes      {routes}");
+    if !cfg.client_networks.is_empty() {
+        let carried: Vec<String> = cfg.client_networks.iter().map(|n| n.to_string()).collect();
+        println!(
+            "  carries     {} (a site: routed to this client)",
+            carried.join(", ")
+        );
+    }
     println!("  dns         {dns}");
     println!("  expires in  {}s", cfg.session_expires_in_secs);
     if let Some(b) = &cfg.banner {

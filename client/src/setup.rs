@@ -109,6 +109,8 @@ struct SetupFor {
     full_tunnel: bool,
     dns_servers: Vec<std::net::Ipv4Addr>,
     mtu: u16,
+    /// Non-empty: this client is a site's router.
+    client_networks: Vec<Ipv4Net>,
     /// Only matters in full tunnel, where its path is pinned.
     gateway: Option<IpAddr>,
 }
@@ -123,6 +125,7 @@ impl SetupFor {
             full_tunnel: cfg.full_tunnel,
             dns_servers: cfg.dns_servers.clone(),
             mtu: cfg.mtu,
+            client_networks: cfg.client_networks.clone(),
             gateway: cfg.full_tunnel.then(|| c.peer.ip()),
         }
     }
@@ -189,6 +192,13 @@ impl HostSetup {
         for dest in routes::tunnel_destinations(&cfg.routes, cfg.full_tunnel) {
             let msg = self.netlink.add(dest, index, None).await?;
             self.tunnel_routes.push((dest, msg));
+        }
+        // A site's router: its hosts' answers to clients go back through
+        // the tunnel (the tun device's own address is a /32).
+        let clients = Ipv4Net::new(cfg.address, cfg.prefix_len)?.trunc();
+        if !cfg.client_networks.is_empty() && !cfg.full_tunnel && !cfg.routes.contains(&clients) {
+            self.routes
+                .push(self.netlink.add(clients, index, None).await?);
         }
         self.dns = dns::apply(
             &cfg.dns_servers,

@@ -56,14 +56,14 @@ fn measure(policy: &Policy, groups: &[String], dsts: &[Ipv4Addr]) -> (f64, usize
     let packets: Vec<[u8; 60]> = dsts.iter().map(|d| packet(*d)).collect();
     let forwarded = packets
         .iter()
-        .filter(|p| matches!(policy.check(*p, me, mask), Verdict::Forward(_)))
+        .filter(|p| matches!(policy.check(*p, me, "bench", mask), Verdict::Forward(_)))
         .count();
     let n = 2_000_000;
     let mut rounds: Vec<f64> = (0..7)
         .map(|_| {
             let t = Instant::now();
             for i in 0..n {
-                black_box(policy.check(black_box(&packets[i % packets.len()]), me, mask));
+                black_box(policy.check(black_box(&packets[i % packets.len()]), me, "bench", mask));
             }
             t.elapsed().as_nanos() as f64 / n as f64
         })

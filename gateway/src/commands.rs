@@ -75,6 +75,7 @@ pub fn check(path: &Path) -> Result<()> {
         let target = match r.target {
             RouteTarget::Network(i) => config.target_networks[i].id.clone(),
             RouteTarget::Local => "local".into(),
+            RouteTarget::ClientNetwork(i) => config.client_networks[i].common_name.clone(),
         };
         println!(
             "  {:<20} {:<12} {:<10} {}",
@@ -83,6 +84,37 @@ pub fn check(path: &Path) -> Result<()> {
             r.origin.to_string(),
             r.description.as_deref().unwrap_or("")
         );
+    }
+    if !config.client_networks.is_empty() {
+        println!("\nClient networks:");
+        println!("  {:<20} {:<24} REACHABLE FROM", "CIDR", "CARRIED BY");
+        for n in &config.client_networks {
+            let from: Vec<&str> = n
+                .reachable_from
+                .iter()
+                .map(|&t| config.target_networks[t].id.as_str())
+                .collect();
+            println!(
+                "  {:<20} {:<24} {}",
+                n.cidr.to_string(),
+                n.common_name,
+                if from.is_empty() {
+                    "-".into()
+                } else {
+                    from.join(", ")
+                }
+            );
+        }
+        for n in &config.client_networks {
+            for &t in &n.reachable_from {
+                let t = &config.target_networks[t];
+                eprintln!(
+                    "NOTE: hosts of {} reach {} through the gateway: their route table needs \
+                     {} via the gateway's address on {}",
+                    t.id, n.cidr, n.cidr, t.interface
+                );
+            }
+        }
     }
     println!("\nAuthorization rules:");
     println!("  {:<20} {:<20} DESCRIPTION", "DESTINATION", "GRANTED TO");

@@ -56,6 +56,8 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     authorization_rules: Vec<RawRule>,
+    #[serde(default)]
+    client_networks: Vec<RawClientNetwork>,
 }
 
 fn yes() -> bool {
@@ -83,6 +85,15 @@ struct RawTarget {
     vpc_cidr: Ipv4Net,
     #[serde(default = "yes")]
     snat: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClientNetwork {
+    common_name: String,
+    cidr: Ipv4Net,
+    #[serde(default)]
+    reachable_from: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -147,18 +158,35 @@ pub struct TargetNetwork {
     pub snat: bool,
 }
 
+/// A network behind one client (a site; OpenVPN's iroute): routed to the
+/// session of its certificate, which may send from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientNetwork {
+    /// The certificate whose session carries the network.
+    pub common_name: String,
+    pub cidr: Ipv4Net,
+    /// Indices into `Config::target_networks` whose hosts may open
+    /// connections into the network (routed, not translated).
+    pub reachable_from: Vec<usize>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteTarget {
     /// Index into `Config::target_networks`.
     Network(usize),
     /// Client-to-client: delivered inside the gateway.
     Local,
+    /// Index into `Config::client_networks`: delivered to the session
+    /// that carries it.
+    ClientNetwork(usize),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
     Associate,
     AddRoute,
+    /// A `[[client_networks]]` entry.
+    ClientNetwork,
 }
 
 impl fmt::Display for Origin {
@@ -166,6 +194,7 @@ impl fmt::Display for Origin {
         f.write_str(match self {
             Origin::Associate => "associate",
             Origin::AddRoute => "add-route",
+            Origin::ClientNetwork => "client-network",
         })
     }
 }
@@ -221,7 +250,10 @@ pub struct Config {
     pub handshake_rate_per_source: u32,
     pub tls: TlsFiles,
     pub target_networks: Vec<TargetNetwork>,
-    /// The effective route table: `associate` routes first, then the file's.
+    /// Networks behind clients (sites).
+    pub client_networks: Vec<ClientNetwork>,
+    /// The effective route table: `associate` routes first, then the
+    /// client networks', then the file's.
     pub routes: Vec<Route>,
     pub rules: Vec<Rule>,
 }
@@ -271,6 +303,25 @@ impl Config {
         } else {
             Err(v.problems)
         }
+    }
+}
+
+impl Config {
+    /// The routes a client with the certificate `common_name` is pushed:
+    /// every route-table destination in a split tunnel (none in a full
+    /// tunnel), but the client networks it carries itself.
+    pub fn pushed_routes(&self, common_name: &str) -> Vec<Ipv4Net> {
+        if !self.split_tunnel {
+            return Vec::new();
+        }
+        self.routes
+            .iter()
+            .filter(|r| match r.target {
+                RouteTarget::ClientNetwork(i) => self.client_networks[i].common_name != common_name,
+                _ => true,
+            })
+            .map(|r| r.destination)
+            .collect()
     }
 }
 

@@ -53,6 +53,28 @@ impl Drop for HostState {
     }
 }
 
+/// The client networks as the nftables table needs them.
+fn site_networks(c: &Config) -> Vec<nft::SiteNetwork> {
+    c.client_networks
+        .iter()
+        .map(|n| nft::SiteNetwork {
+            cidr: n.cidr,
+            reachable_from: n
+                .reachable_from
+                .iter()
+                .map(|&t| {
+                    let t = &c.target_networks[t];
+                    (t.interface.clone(), t.vpc_cidr)
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn site_cidrs(c: &Config) -> Vec<ipnet::Ipv4Net> {
+    c.client_networks.iter().map(|n| n.cidr).collect()
+}
+
 pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     // Registered first, so a signal during start-up still gets a clean exit.
     let mut term = signal(SignalKind::terminate())?;
@@ -137,15 +159,25 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
             snat: t.snat,
         })
         .collect();
-    host.applied = Some(netsetup::apply(config.flow_log.is_some(), |owner| {
+    let table = move |c: &Config, owner: &nft::TableOwner| {
         nft::ruleset(
             TUN_NAME,
-            config.client_cidr,
+            c.client_cidr,
             &targets,
-            &config.dns_servers,
+            &site_networks(c),
+            &c.dns_servers,
             owner,
         )
+    };
+    host.applied = Some(netsetup::apply(config.flow_log.is_some(), |owner| {
+        table(&config, owner)
     })?);
+    let owner = host
+        .applied
+        .as_ref()
+        .map(|a| a.owner().clone())
+        .unwrap_or_default();
+    netsetup::sites::sync(TUN_NAME, &site_cidrs(&config)).map_err(netsetup::SetupError::from)?;
     // Subscribed before the first client connects: no flow goes unlogged.
     let flows = match &config.flow_log {
         Some(p) => {
@@ -167,6 +199,10 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
         connlog,
         Box::new(inside::Device(tun.clone())),
     ));
+    ep.set_host_setup(Box::new(move |c: &Config| {
+        nft::install(&table(c, &owner)).map_err(|e| e.to_string())?;
+        netsetup::sites::sync(TUN_NAME, &site_cidrs(c)).map_err(|e| e.to_string())
+    }));
     let openvpn = Arc::new(Clients::new(tls_crypt.as_ref().map(TlsCrypt::server)));
     let udp = match udp {
         Some(socket) => {

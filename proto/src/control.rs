@@ -47,6 +47,10 @@ pub struct EndpointConfig {
     /// The datagram channel, if the client asked and the endpoint runs it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datagram: Option<DatagramOffer>,
+    /// The networks behind this client that the endpoint routes to it
+    /// (the client is a site's router).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_networks: Vec<Ipv4Net>,
 }
 
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +83,7 @@ mod tests {
     #[test]
     fn config_round_trip() {
         let c = Control::Config(EndpointConfig {
+            client_networks: vec!["10.42.0.0/16".parse().unwrap()],
             address: Ipv4Addr::new(10, 250, 0, 2),
             prefix_len: 22,
             routes: vec!["192.168.0.0/16".parse().unwrap()],

@@ -231,3 +231,62 @@ fn the_example_configuration_is_valid() {
     let c = parse(text).expect("contrib/endpoint.example.toml");
     assert_eq!(c.transport_protocol, TransportProtocol::Udp);
 }
+
+#[test]
+fn client_networks_are_routes_and_may_overlap_nothing() {
+    let site = format!(
+        "{GOOD}\n[[client_networks]]\ncommon_name = \"site-b\"\ncidr = \"10.42.0.0/16\"\nreachable_from = [\"tn-a\"]\n"
+    );
+    let c = parse(&site).unwrap();
+    assert_eq!(c.client_networks[0].reachable_from, vec![0]);
+    let route = c
+        .routes
+        .iter()
+        .find(|r| r.origin == Origin::ClientNetwork)
+        .unwrap();
+    assert_eq!(
+        (route.destination.to_string(), route.target),
+        ("10.42.0.0/16".into(), RouteTarget::ClientNetwork(0))
+    );
+    // Pushed to everyone but the site itself.
+    assert!(c.pushed_routes("alice").contains(&route.destination));
+    assert!(!c.pushed_routes("site-b").contains(&route.destination));
+
+    let bad = |cidr: &str, extra: &str| {
+        problems(&format!(
+            "{GOOD}\n[[client_networks]]\ncommon_name = \"site-b\"\ncidr = \"10.42.0.0/16\"\n\
+             [[client_networks]]\ncommon_name = \"site-c\"\ncidr = \"{cidr}\"\n{extra}"
+        ))
+    };
+    let p = bad("10.250.1.0/24", "");
+    assert!(
+        p.iter()
+            .any(|(k, w)| k == "client_networks[1].cidr" && w.contains("client_cidr 10.250.0.0/22")),
+        "{p:?}"
+    );
+    let p = bad("192.168.7.0/24", "");
+    assert!(
+        p.iter().any(|(k, w)| k == "client_networks[1].cidr"
+            && w.contains("target_networks[0] (tn-a) vpc_cidr 192.168.0.0/16")),
+        "{p:?}"
+    );
+    let p = bad("10.42.128.0/17", "");
+    assert!(
+        p.iter().any(|(k, w)| k == "client_networks[1].cidr"
+            && w.contains("client_networks[0] (site-b) cidr 10.42.0.0/16")),
+        "{p:?}"
+    );
+    let p = bad("10.43.0.0/16", "reachable_from = [\"tn-z\"]\n");
+    assert!(
+        p.iter()
+            .any(|(k, w)| k == "client_networks[1].reachable_from" && w.contains("\"tn-z\"")),
+        "{p:?}"
+    );
+    let p = problems(&format!(
+        "{GOOD}\n[[client_networks]]\ncommon_name = \"\"\ncidr = \"10.42.0.0/16\"\n"
+    ));
+    assert!(
+        p.iter().any(|(k, _)| k == "client_networks[0].common_name"),
+        "{p:?}"
+    );
+}

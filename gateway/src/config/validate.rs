@@ -121,7 +121,8 @@ impl Validator {
             }
         };
         let targets = self.targets(raw.target_networks, cidr);
-        let routes = self.routes(raw.routes, &targets, cidr);
+        let client_networks = self.client_networks(raw.client_networks, &targets, cidr);
+        let routes = self.routes(raw.routes, &targets, &client_networks, cidr);
         let rules = self.rules(raw.authorization_rules);
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         Config {
@@ -156,6 +157,7 @@ impl Validator {
                 reneg,
             },
             target_networks: targets,
+            client_networks,
             routes,
             rules,
         }
@@ -206,10 +208,75 @@ impl Validator {
         out
     }
 
+    fn client_networks(
+        &mut self,
+        raw: Vec<RawClientNetwork>,
+        targets: &[TargetNetwork],
+        cidr: Ipv4Net,
+    ) -> Vec<ClientNetwork> {
+        let mut out: Vec<ClientNetwork> = Vec::new();
+        for (i, n) in raw.into_iter().enumerate() {
+            let key = |k: &str| format!("client_networks[{i}].{k}");
+            if !valid_common_name(&n.common_name) {
+                self.bad(
+                    key("common_name"),
+                    format!(
+                        "{:?} is not a certificate common name (1 to 64 printable characters)",
+                        n.common_name
+                    ),
+                );
+            }
+            let net = self.network(key("cidr"), n.cidr);
+            if overlaps(net, cidr) {
+                self.bad(key("cidr"), format!("{net} overlaps client_cidr {cidr}"));
+            }
+            for (j, t) in targets.iter().enumerate() {
+                if overlaps(net, t.vpc_cidr) {
+                    self.bad(
+                        key("cidr"),
+                        format!(
+                            "{net} overlaps target_networks[{j}] ({}) vpc_cidr {}",
+                            t.id, t.vpc_cidr
+                        ),
+                    );
+                }
+            }
+            for (j, other) in out.iter().enumerate() {
+                if overlaps(net, other.cidr) {
+                    self.bad(
+                        key("cidr"),
+                        format!(
+                            "{net} overlaps client_networks[{j}] ({}) cidr {}",
+                            other.common_name, other.cidr
+                        ),
+                    );
+                }
+            }
+            let mut reachable_from = Vec::new();
+            for id in &n.reachable_from {
+                match targets.iter().position(|t| &t.id == id) {
+                    Some(t) if !reachable_from.contains(&t) => reachable_from.push(t),
+                    Some(_) => self.bad(key("reachable_from"), format!("{id:?} is named twice")),
+                    None => self.bad(
+                        key("reachable_from"),
+                        format!("no target network with id {id:?}"),
+                    ),
+                }
+            }
+            out.push(ClientNetwork {
+                common_name: n.common_name,
+                cidr: net,
+                reachable_from,
+            });
+        }
+        out
+    }
+
     fn routes(
         &mut self,
         raw: Vec<RawRoute>,
         targets: &[TargetNetwork],
+        client_networks: &[ClientNetwork],
         cidr: Ipv4Net,
     ) -> Vec<Route> {
         let mut routes: Vec<Route> = targets
@@ -222,6 +289,12 @@ impl Validator {
                 description: Some(format!("association of {}", t.id)),
             })
             .collect();
+        routes.extend(client_networks.iter().enumerate().map(|(i, n)| Route {
+            destination: n.cidr,
+            target: RouteTarget::ClientNetwork(i),
+            origin: Origin::ClientNetwork,
+            description: Some(format!("behind client {}", n.common_name)),
+        }));
         for (i, r) in raw.into_iter().enumerate() {
             let key = |k: &str| format!("routes[{i}].{k}");
             let dest = self.network(key("destination"), r.destination);
@@ -252,10 +325,10 @@ impl Validator {
                 );
             }
             if let Some(prev) = routes.iter().find(|p| p.destination == dest) {
-                let what = if prev.origin == Origin::Associate {
-                    "a target network's vpc_cidr"
-                } else {
-                    "another route"
+                let what = match prev.origin {
+                    Origin::Associate => "a target network's vpc_cidr",
+                    Origin::ClientNetwork => "a client network",
+                    Origin::AddRoute => "another route",
                 };
                 self.bad(
                     key("destination"),
@@ -308,6 +381,11 @@ impl Validator {
 
 fn overlaps(a: Ipv4Net, b: Ipv4Net) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// What a certificate's CN can be (RFC 5280's ub-common-name: 64).
+fn valid_common_name(name: &str) -> bool {
+    (1..=64).contains(&name.chars().count()) && !name.chars().any(char::is_control)
 }
 
 fn valid_ifname(name: &str) -> bool {

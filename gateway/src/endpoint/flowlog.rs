@@ -165,28 +165,61 @@ fn record(kind: &str, flow: &Flow, who: &Attribution, start: i64, end: Option<i6
 }
 
 impl super::Endpoint {
-    /// Who made `flow`: the live session at its source address, and the
-    /// target network the route table sends its destination to. None for
-    /// flows that are not a client's (the gateway's own, client-to-client).
+    /// Who made `flow`: the live session at its source address (or the
+    /// session carrying the client network it comes from), and the target
+    /// network the route table sends its destination to. A flow a host of
+    /// a target network opens into a client network is its carrier's,
+    /// with that target network. None for flows that are not a client's
+    /// (the gateway's own, client-to-client).
     pub fn attribute_flow(&self, flow: &Flow) -> Option<Attribution> {
         let config = self.config();
-        if !config.client_cidr.contains(&flow.pkt_src.0) {
-            return None;
-        }
-        let session = self.sessions.get(flow.pkt_src.0)?;
-        let route = config
-            .routes
-            .iter()
-            .filter(|r| r.destination.contains(&flow.dst.0))
-            .max_by_key(|r| r.destination.prefix_len())?;
-        let RouteTarget::Network(index) = route.target else {
-            return None;
+        let (src, dst) = (flow.pkt_src.0, flow.dst.0);
+        let (session, index) = if config.client_cidr.contains(&src) {
+            (self.sessions.get(src)?, Self::target_of(&config, dst)?)
+        } else if let Some(index) = Self::target_of(&config, dst) {
+            (self.carrier_of(&config, src)?, index)
+        } else {
+            let index = config
+                .client_networks
+                .iter()
+                .find(|n| n.cidr.contains(&dst))?
+                .reachable_from
+                .iter()
+                .copied()
+                .find(|&t| config.target_networks[t].vpc_cidr.contains(&src))?;
+            (self.carrier_of(&config, dst)?, index)
         };
         Some(Attribution {
             connection_id: session.connection_id.clone(),
             common_name: session.common_name.clone(),
             target_network: config.target_networks.get(index)?.id.clone(),
         })
+    }
+
+    /// The target network the route table sends `dst` to, if any.
+    fn target_of(config: &crate::config::Config, dst: Ipv4Addr) -> Option<usize> {
+        let route = config
+            .routes
+            .iter()
+            .filter(|r| r.destination.contains(&dst))
+            .max_by_key(|r| r.destination.prefix_len())?;
+        match route.target {
+            RouteTarget::Network(index) => Some(index),
+            _ => None,
+        }
+    }
+
+    /// The live session carrying the client network that holds `addr`.
+    fn carrier_of(
+        &self,
+        config: &crate::config::Config,
+        addr: Ipv4Addr,
+    ) -> Option<std::sync::Arc<super::session::Session>> {
+        let n = config
+            .client_networks
+            .iter()
+            .find(|n| n.cidr.contains(&addr))?;
+        self.sessions.carrier(&n.common_name)
     }
 }
 

@@ -3,6 +3,7 @@
 //! inside (or another client); toward a client, each packet from the
 //! inside finds its session by destination address.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use cvpn_proto::text::untrusted;
@@ -22,6 +23,13 @@ pub type Reply = [u8; VNET_HDR_LEN + icmp::MAX_REPLY];
 /// A zeroed reply buffer.
 pub fn reply_buffer() -> Reply {
     [0u8; VNET_HDR_LEN + icmp::MAX_REPLY]
+}
+
+/// The source of an IPv4 packet (no virtio-net header), if it is one.
+#[inline]
+fn ipv4_source(packet: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let h = packet.get(..20)?;
+    Some(std::net::Ipv4Addr::new(h[12], h[13], h[14], h[15]))
 }
 
 /// The IPv4 destination of a packet behind its virtio-net header, if it
@@ -44,7 +52,8 @@ impl Endpoint {
         let c = &session.counters;
         Counters::add(&c.ingress_bytes, &c.ingress_packets, packet.len());
         let groups = session.group_mask(policy);
-        let unreachable = match policy.check(packet, session.address, groups) {
+        let verdict = policy.check(packet, session.address, &session.common_name, groups);
+        let unreachable = match verdict {
             // A segmentation-offload packet is many segments behind one IP
             // header: the addresses judged are those of every segment.
             Verdict::Forward(_) if !hdr.is_sane(packet) => {
@@ -58,6 +67,21 @@ impl Endpoint {
                 return;
             }
             Verdict::Forward(RouteTarget::Local) => return self.deliver(payload),
+            Verdict::Forward(RouteTarget::ClientNetwork(i)) => {
+                match self.to_client_network(session, policy, i, payload) {
+                    Ok(()) => return,
+                    Err(why) => why,
+                }
+            }
+            // A site's answer to a flow opened into it passes where the
+            // site could not open one.
+            Verdict::NoRoute | Verdict::Denied
+                if ipv4_source(packet) != Some(session.address)
+                    && hdr.is_sane(packet)
+                    && self.inbound.answers(packet) =>
+            {
+                return self.forward_answer(session, policy, payload);
+            }
             Verdict::NoRoute => {
                 self.drops.no_route.fetch_add(1, Ordering::Relaxed);
                 Unreachable::Net
@@ -95,6 +119,65 @@ impl Endpoint {
         }
     }
 
+    /// Hands a packet the policy admitted to client network `index` to
+    /// the session that carries it; Err: the ICMP error to answer with
+    /// (no session carries it now).
+    fn to_client_network(
+        &self,
+        from: &Session,
+        policy: &Policy,
+        index: usize,
+        payload: &[u8],
+    ) -> Result<(), Unreachable> {
+        let Some(carrier) = policy
+            .carriers
+            .get(index)
+            .and_then(|cn| self.sessions.carrier(cn))
+        else {
+            self.drops.no_route.fetch_add(1, Ordering::Relaxed);
+            return Err(Unreachable::Net);
+        };
+        if std::ptr::eq(Arc::as_ptr(&carrier), from) {
+            // Its own network came back to it: a routing loop at the site.
+            self.drops.no_route.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.send_into_site(&carrier, payload);
+        Ok(())
+    }
+
+    /// Sends a packet into the site `carrier` carries, remembering its
+    /// flow so that the site may answer it.
+    fn send_into_site(&self, carrier: &Session, payload: &[u8]) {
+        self.inbound
+            .record(&payload[VNET_HDR_LEN.min(payload.len())..]);
+        if !carrier.send(payload) {
+            self.drops.queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends on a site's answer to a flow opened into it: to a client, a
+    /// site or the target network it came from.
+    fn forward_answer(&self, session: &Session, policy: &Policy, payload: &[u8]) {
+        let Some(dst) = ipv4_destination(payload) else {
+            return;
+        };
+        match policy.reply_target(dst) {
+            Some(RouteTarget::Network(_)) => {
+                if let Err(e) = self.inside.write(payload) {
+                    debug!(error = %e, "tun write failed");
+                }
+            }
+            Some(RouteTarget::Local) => self.deliver(payload),
+            Some(RouteTarget::ClientNetwork(i)) => {
+                let _ = self.to_client_network(session, policy, i, payload);
+            }
+            None => {
+                self.drops.no_route.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Called by a session's shell after it forwarded a batch: replies
     /// the kernel already queued leave from the caller's thread.
     pub fn after_forwarding(&self) {
@@ -112,11 +195,25 @@ impl Endpoint {
             return;
         };
         let Some(s) = self.sessions.get(dst) else {
-            self.drops.no_session.fetch_add(1, Ordering::Relaxed);
-            return;
+            return self.deliver_into_site(dst, packet);
         };
         if !s.send(packet) {
             self.drops.queue_full.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands a packet for an address that is no client's to the session
+    /// carrying the client network that holds it, if any.
+    fn deliver_into_site(&self, dst: std::net::Ipv4Addr, packet: &[u8]) {
+        let policy = self.policy.load();
+        let carrier = policy
+            .client_network(dst)
+            .and_then(|(_, cn)| self.sessions.carrier(cn));
+        match carrier {
+            Some(c) => self.send_into_site(&c, packet),
+            None => {
+                self.drops.no_session.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod connlog;
 pub mod flowlog;
 pub mod forward;
 pub mod handshakes;
+pub mod inbound;
 pub mod jsonlog;
 pub mod lease;
 pub mod metrics;
@@ -76,7 +77,10 @@ pub struct Push {
     /// The gateway's own address in the client CIDR.
     pub gateway: Ipv4Addr,
     /// Route-table destinations (split tunnel); empty in full tunnel.
+    /// Never the client's own client networks.
     pub routes: Vec<Ipv4Net>,
+    /// The client networks this client carries (a site's networks).
+    pub client_networks: Vec<Ipv4Net>,
     /// Send everything through the tunnel.
     pub full_tunnel: bool,
     /// DNS servers (at most two).
@@ -114,6 +118,8 @@ pub struct Endpoint {
     pub handshakes: Arc<tokio::sync::Semaphore>,
     /// Packets not forwarded, by reason.
     pub drops: Drops,
+    /// Flows opened into client networks, which their sites may answer.
+    pub inbound: inbound::InboundFlows,
     /// Connection attempts and ended sessions' traffic.
     pub tally: Tally,
     /// The gateway's own address in the client CIDR.
@@ -125,7 +131,14 @@ pub struct Endpoint {
     /// Every log file, for `reopen_logs`.
     logs: Mutex<Vec<Arc<JsonLog>>>,
     inside: Box<dyn Inside>,
+    /// Brings the host (routes, nftables table) in line with a reloaded
+    /// configuration's client networks.
+    host: std::sync::OnceLock<HostSetup>,
 }
+
+/// Applies a configuration's client networks to the host; Err: why not
+/// (the host is left as it was).
+pub type HostSetup = Box<dyn Fn(&Config) -> Result<(), String> + Send + Sync>;
 
 impl Endpoint {
     /// The endpoint with `config` (read from `source`, if from a file),
@@ -148,6 +161,7 @@ impl Endpoint {
             source_rate: Mutex::new(SourceRate::new(config.handshake_rate_per_source)),
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES_IN_PROGRESS)),
             drops: Drops::default(),
+            inbound: Default::default(),
             tally: Tally::default(),
             gateway_addr: leases.gateway_address(),
             leases: Mutex::new(leases),
@@ -160,7 +174,13 @@ impl Endpoint {
             source,
             reloading: Mutex::new(()),
             routes_generation: Default::default(),
+            host: Default::default(),
         }
+    }
+
+    /// Sets how a reload applies new client networks to the host (once).
+    pub fn set_host_setup(&self, setup: HostSetup) {
+        let _ = self.host.set(setup);
     }
 
     /// The configuration in force.
@@ -174,18 +194,21 @@ impl Endpoint {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// What a client at `address` is told.
-    pub fn push_for(&self, address: Ipv4Addr) -> Push {
+    /// What a client at `address` with the certificate `common_name` is
+    /// told.
+    pub fn push_for(&self, address: Ipv4Addr, common_name: &str) -> Push {
         let c = self.config();
         Push {
             address,
             prefix_len: c.client_cidr.prefix_len(),
             gateway: self.gateway_addr,
-            routes: if c.split_tunnel {
-                c.routes.iter().map(|r| r.destination).collect()
-            } else {
-                Vec::new()
-            },
+            routes: c.pushed_routes(common_name),
+            client_networks: c
+                .client_networks
+                .iter()
+                .filter(|n| n.common_name == common_name)
+                .map(|n| n.cidr)
+                .collect(),
             full_tunnel: !c.split_tunnel,
             dns_servers: c.dns_servers.clone(),
             mtu: TUNNEL_MTU,

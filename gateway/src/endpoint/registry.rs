@@ -1,5 +1,6 @@
 //! The session registry: live sessions by tunnel address, whatever their
-//! protocol. Packets from the tun device find their session here.
+//! protocol, and by common name (the carriers of client networks).
+//! Packets from the tun device find their session here.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -11,11 +12,19 @@ use super::session::Session;
 #[derive(Default)]
 pub struct Registry {
     by_addr: RwLock<HashMap<Ipv4Addr, Arc<Session>>>,
+    /// Each common name's sessions, oldest first.
+    by_name: RwLock<HashMap<String, Vec<Arc<Session>>>>,
 }
 
 impl Registry {
     /// Registers a session under its address.
     pub fn insert(&self, s: Arc<Session>) {
+        self.by_name
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(s.common_name.clone())
+            .or_default()
+            .push(s.clone());
         self.by_addr
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -24,10 +33,31 @@ impl Registry {
 
     /// Unregisters the session at `addr`.
     pub fn remove(&self, addr: Ipv4Addr) {
-        self.by_addr
+        let gone = self
+            .by_addr
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&addr);
+        let Some(gone) = gone else { return };
+        let mut names = self.by_name.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = names.get_mut(&gone.common_name) {
+            list.retain(|s| !Arc::ptr_eq(s, &gone));
+            if list.is_empty() {
+                names.remove(&gone.common_name);
+            }
+        }
+    }
+
+    /// The newest session of `common_name`: the one that carries its
+    /// client networks.
+    #[inline]
+    pub fn carrier(&self, common_name: &str) -> Option<Arc<Session>> {
+        self.by_name
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(common_name)
+            .and_then(|list| list.last())
+            .cloned()
     }
 
     /// The session at `addr`.

@@ -22,6 +22,10 @@ pub enum ReloadError {
     /// The file is not a valid configuration.
     #[error("{0}")]
     Invalid(String),
+    /// The host's routes and nftables table could not follow the new
+    /// client networks (the running configuration stays).
+    #[error("the host set-up for the new client_networks failed: {0}")]
+    Host(String),
     /// A key that only a restart can change was changed.
     #[error("needs a restart: {0} changed (the running configuration stays)")]
     NeedsRestart(String),
@@ -60,14 +64,36 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 /// What clients are told of routing: full tunnel, the routes of a split
-/// tunnel, DNS servers.
-fn pushed(c: &Config) -> (bool, Vec<ipnet::Ipv4Net>, Vec<std::net::Ipv4Addr>) {
+/// tunnel (with who carries each client network), DNS servers.
+#[derive(PartialEq, Eq)]
+struct Pushed<'a> {
+    full_tunnel: bool,
+    routes: Vec<(ipnet::Ipv4Net, Option<&'a str>)>,
+    dns_servers: &'a [std::net::Ipv4Addr],
+}
+
+fn pushed(c: &Config) -> Pushed<'_> {
     let routes = if c.split_tunnel {
-        c.routes.iter().map(|r| r.destination).collect()
+        c.routes
+            .iter()
+            .map(|r| {
+                let carrier = match r.target {
+                    crate::config::RouteTarget::ClientNetwork(i) => {
+                        Some(c.client_networks[i].common_name.as_str())
+                    }
+                    _ => None,
+                };
+                (r.destination, carrier)
+            })
+            .collect()
     } else {
         Vec::new()
     };
-    (!c.split_tunnel, routes, c.dns_servers.clone())
+    Pushed {
+        full_tunnel: !c.split_tunnel,
+        routes,
+        dns_servers: &c.dns_servers,
+    }
 }
 
 /// The keys that differ and apply live.
@@ -80,6 +106,10 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     };
     check("routes", old.routes == new.routes);
     check("authorization_rules", old.rules == new.rules);
+    check(
+        "client_networks",
+        old.client_networks == new.client_networks,
+    );
     check("split_tunnel", old.split_tunnel == new.split_tunnel);
     check("dns_servers", old.dns_servers == new.dns_servers);
     check("banner", old.banner == new.banner);
@@ -134,20 +164,30 @@ impl Endpoint {
         policy.generation = self.policy.load().generation + 1;
         let changed = changed_keys(&old, &new);
         let (before, after) = (pushed(&old), pushed(&new));
+        let same_mode =
+            before.full_tunnel == after.full_tunnel && before.dns_servers == after.dns_servers;
+        let route_change = before != after;
+        drop((before, after));
+        if old.client_networks != new.client_networks
+            && let Some(host) = self.host.get()
+        {
+            host(&new).map_err(ReloadError::Host)?;
+        }
         drop(old);
         // The policy goes in with the configuration it was compiled
         // from; each session's group mask follows the policy's generation.
         self.config.store(Arc::new(new));
         self.policy.store(Arc::new(policy));
-        if before != after {
+        let new = self.config();
+        if route_change {
             let generation = self.routes_generation.fetch_add(1, Ordering::Relaxed) + 1;
             // Only the route list of a split tunnel can change live.
-            if before.0 == after.0 && before.2 == after.2 && !after.0 {
+            if same_mode && new.split_tunnel {
                 let taken = self
                     .sessions
                     .all()
                     .iter()
-                    .filter(|s| s.update_routes(&after.1, generation))
+                    .filter(|s| s.update_routes(&new.pushed_routes(&s.common_name), generation))
                     .count();
                 info!(sessions = taken, "new routes pushed to connected clients");
             }

@@ -6,6 +6,7 @@
 
 pub mod conntrack;
 pub mod nft;
+pub mod sites;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -42,6 +43,8 @@ pub enum SetupError {
     },
     #[error("{0}")]
     Nft(#[from] nft::NftError),
+    #[error("client_networks: {0}")]
+    Sites(#[from] sites::SitesError),
     #[error("{path}: {source}")]
     Sysctl {
         path: &'static str,
@@ -275,6 +278,11 @@ pub fn apply(
 }
 
 impl Applied {
+    /// The owner record of the installed table (to install it anew).
+    pub fn owner(&self) -> &nft::TableOwner {
+        &self.before
+    }
+
     /// Removes the table and restores the sysctls.
     pub fn undo(self) -> Result<(), SetupError> {
         let forward = restore(IP_FORWARD, &self.before.ip_forward_before);

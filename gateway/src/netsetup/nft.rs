@@ -40,6 +40,16 @@ pub struct NatTarget {
     pub snat: bool,
 }
 
+/// A client network as the table needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteNetwork {
+    /// The network behind the client.
+    pub cidr: Ipv4Net,
+    /// The target networks whose hosts may open connections into it:
+    /// (interface, vpc_cidr).
+    pub reachable_from: Vec<(String, Ipv4Net)>,
+}
+
 /// Why nft did not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -180,6 +190,13 @@ fn clamp_mss(side: Statement<'static>) -> Vec<Statement<'static>> {
     ]
 }
 
+fn prefix(net: Ipv4Net) -> Expression<'static> {
+    named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(text(&net.network().to_string())),
+        len: net.prefix_len().into(),
+    }))
+}
+
 fn counted_drop() -> [Statement<'static>; 2] {
     [
         Statement::Counter(Counter::Anonymous(None)),
@@ -229,6 +246,7 @@ pub fn ruleset(
     tun: &str,
     client_cidr: Ipv4Net,
     targets: &[NatTarget],
+    sites: &[SiteNetwork],
     dns_servers: &[Ipv4Addr],
     owner: &TableOwner,
 ) -> Nftables<'static> {
@@ -243,11 +261,10 @@ pub fn ruleset(
         NfHook::Postrouting,
         100,
     ));
-    let clients = named(NamedExpression::Prefix(Prefix {
-        addr: Box::new(text(&client_cidr.network().to_string())),
-        len: client_cidr.prefix_len().into(),
-    }));
-    for t in targets.iter().filter(|t| t.snat) {
+    // Clients and the networks behind them leave as the ENI address.
+    let sources = std::iter::once(client_cidr).chain(sites.iter().map(|s| s.cidr));
+    for (source, t) in sources.flat_map(|c| targets.iter().filter(|t| t.snat).map(move |t| (c, t)))
+    {
         let snat = NAT {
             addr: Some(text(&t.eni_address.to_string())),
             family: None,
@@ -257,7 +274,7 @@ pub fn ruleset(
         b.add(rule(
             "postrouting",
             vec![
-                is(field("ip", "saddr"), Operator::EQ, clients.clone()),
+                is(field("ip", "saddr"), Operator::EQ, prefix(source)),
                 meta(MetaKey::Oifname, &t.interface),
                 Statement::SNAT(Some(snat)),
             ],
@@ -277,6 +294,23 @@ pub fn ruleset(
         vec![to_tun(), replies_only(), Statement::Accept(None)],
         None,
     ));
+    // Hosts of a `reachable_from` network open connections into a site,
+    // routed: nothing else enters from a target network.
+    for site in sites {
+        for (interface, vpc) in &site.reachable_from {
+            b.add(rule(
+                "forward",
+                vec![
+                    meta(MetaKey::Iifname, interface),
+                    to_tun(),
+                    is(field("ip", "saddr"), Operator::EQ, prefix(*vpc)),
+                    is(field("ip", "daddr"), Operator::EQ, prefix(site.cidr)),
+                    Statement::Accept(None),
+                ],
+                None,
+            ));
+        }
+    }
     let [count, drop] = counted_drop();
     b.add(rule("forward", vec![to_tun(), count, drop], None));
     b.add(chain("input", NfChainType::Filter, NfHook::Input, 0));
@@ -381,6 +415,7 @@ mod tests {
             "cvpn-gw0",
             "10.250.0.0/22".parse().unwrap(),
             &targets,
+            &[],
             &[Ipv4Addr::new(192, 168, 1, 53)],
             &owner(),
         );
@@ -439,6 +474,47 @@ mod tests {
         // The owner record comes back from a listing.
         let listing = serde_json::json!({"nftables": [{"rule": {"comment": rules.last().unwrap()["comment"]}}]});
         assert_eq!(owner_in(&listing.to_string()), owner());
+    }
+
+    #[test]
+    fn sites_leave_as_the_eni_and_only_reachable_from_networks_enter() {
+        let targets = [NatTarget {
+            interface: "eth1".into(),
+            eni_address: Ipv4Addr::new(10, 1, 0, 10),
+            snat: true,
+        }];
+        let sites = [SiteNetwork {
+            cidr: "10.42.0.0/16".parse().unwrap(),
+            reachable_from: vec![("eth1".into(), "10.1.0.0/16".parse().unwrap())],
+        }];
+        let batch = ruleset(
+            "cvpn-gw0",
+            "10.250.0.0/22".parse().unwrap(),
+            &targets,
+            &sites,
+            &[],
+            &owner(),
+        );
+        let json = serde_json::to_value(&batch).unwrap();
+        let rules: Vec<String> = json["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o["add"].get("rule"))
+            .map(|r| format!("{} {}", r["chain"], r["expr"]))
+            .collect();
+        let snat: Vec<&String> = rules.iter().filter(|r| r.contains("snat")).collect();
+        assert_eq!(snat.len(), 2, "{snat:?}");
+        assert!(snat[1].contains(r#"{"prefix":{"addr":"10.42.0.0","len":16}}"#));
+        let pos = |needle: &str| rules.iter().position(|r| r.contains(needle));
+        let enter = pos(r#"{"prefix":{"addr":"10.1.0.0","len":16}}"#).expect("entry rule");
+        assert!(rules[enter].starts_with("\"forward\""));
+        assert!(rules[enter].contains(r#""right":"eth1""#) && rules[enter].contains("accept"));
+        let drop = rules
+            .iter()
+            .position(|r| r.starts_with("\"forward\"") && r.contains("drop"))
+            .unwrap();
+        assert!(enter < drop, "the entry comes before the drop");
     }
 
     #[test]

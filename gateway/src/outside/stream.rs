@@ -187,7 +187,7 @@ where
         os = %untrusted(&hello.os), software = %untrusted(&hello.client),
         datagram = session.udp, "client connected"
     );
-    let push = ep.push_for(session.address);
+    let push = ep.push_for(session.address, &session.common_name);
     link.outbox
         .push_control(&cvpn::config_message(push, &session.connection_id, offer));
 

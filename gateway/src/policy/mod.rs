@@ -42,6 +42,11 @@ pub struct Policy {
     pub client_cidr: Ipv4Net,
     pub routes: RouteTable,
     pub rules: AuthRules,
+    /// Networks behind clients: (index into `Config::client_networks`,
+    /// the common name whose session carries it).
+    pub client_networks: Lpm<(usize, String)>,
+    /// The common name carrying each client network, by index.
+    pub carriers: Vec<String>,
     /// Which compilation this is: group masks are only valid with the
     /// policy of their generation (a reload numbers groups anew).
     pub generation: u64,
@@ -53,8 +58,38 @@ impl Policy {
             client_cidr: config.client_cidr,
             routes: RouteTable::compile(&config.routes),
             rules: AuthRules::compile(&config.rules)?,
+            client_networks: config.client_networks.iter().enumerate().fold(
+                Lpm::default(),
+                |mut lpm, (i, n)| {
+                    lpm.entry_or_insert_with(n.cidr, || (i, n.common_name.clone()));
+                    lpm
+                },
+            ),
+            carriers: config
+                .client_networks
+                .iter()
+                .map(|n| n.common_name.clone())
+                .collect(),
             generation: 0,
         })
+    }
+
+    /// The client network containing `addr`: its index and the common
+    /// name whose session carries it.
+    #[inline]
+    pub fn client_network(&self, addr: Ipv4Addr) -> Option<(usize, &str)> {
+        self.client_networks
+            .lookup(addr)
+            .map(|(_, (i, cn))| (*i, cn.as_str()))
+    }
+
+    /// Where a packet the policy admitted as a reply goes: a client
+    /// address is delivered in the gateway; others follow the route table.
+    pub fn reply_target(&self, dst: Ipv4Addr) -> Option<RouteTarget> {
+        if self.client_cidr.contains(&dst) {
+            return Some(RouteTarget::Local);
+        }
+        self.routes.lookup(dst)
     }
 
     /// The compiled form of a client's groups, valid with this policy.
@@ -62,10 +97,18 @@ impl Policy {
         self.rules.mask_of(groups)
     }
 
-    /// Decides the fate of `packet`, sent by the client holding `client`.
-    /// Reads only the version, lengths, source and destination.
+    /// Decides the fate of `packet`, sent by the client holding `client`
+    /// with the certificate `common_name` (which may send from the client
+    /// networks it carries). Reads only the version, lengths, source and
+    /// destination.
     #[inline]
-    pub fn check(&self, packet: &[u8], client: Ipv4Addr, groups: GroupMask) -> Verdict {
+    pub fn check(
+        &self,
+        packet: &[u8],
+        client: Ipv4Addr,
+        common_name: &str,
+        groups: GroupMask,
+    ) -> Verdict {
         if packet.first().is_some_and(|b| b >> 4 == 6) && packet.len() >= 40 {
             return Verdict::Ipv6;
         }
@@ -83,7 +126,11 @@ impl Policy {
         }
         let src = Ipv4Addr::new(header[12], header[13], header[14], header[15]);
         let dst = Ipv4Addr::new(header[16], header[17], header[18], header[19]);
-        if src != client {
+        if src != client
+            && self
+                .client_network(src)
+                .is_none_or(|(_, cn)| cn != common_name)
+        {
             return Verdict::Spoofed;
         }
         let Some(target) = self.routes.lookup(dst) else {

@@ -96,9 +96,11 @@ fn policy() -> Policy {
         route("192.168.0.0/16", RouteTarget::Network(0)),
         route("10.20.0.0/16", RouteTarget::Network(1)),
         route("10.250.0.0/22", RouteTarget::Local),
+        route("10.42.0.0/16", RouteTarget::ClientNetwork(0)),
     ]);
     let rules = AuthRules::compile(&[
         rule("192.168.1.0/24", Some("eng")),
+        rule("10.42.0.0/16", Some("eng")),
         rule("10.20.0.0/16", None),
         rule("10.250.0.0/22", None),
     ])
@@ -107,8 +109,62 @@ fn policy() -> Policy {
         client_cidr: "10.250.0.0/22".parse().unwrap(),
         routes,
         rules,
+        client_networks: {
+            let mut lpm = Lpm::default();
+            lpm.entry_or_insert_with("10.42.0.0/16".parse().unwrap(), || (0, "site-b".into()));
+            lpm
+        },
+        carriers: vec!["site-b".into()],
         generation: 0,
     }
+}
+
+/// A site's session may send from the network it carries; no one else.
+#[test]
+fn client_networks_are_destinations_and_their_carriers_sources() {
+    let p = policy();
+    let laptop = Ipv4Addr::new(10, 250, 0, 2);
+    let site = Ipv4Addr::new(10, 250, 0, 9);
+    let eng = p.group_mask(&["eng".into()]);
+    let none = p.group_mask(&[]);
+    let host_b = [10, 42, 0, 5];
+    assert_eq!(
+        p.check(&packet([10, 250, 0, 2], host_b), laptop, "laptop", eng),
+        Verdict::Forward(RouteTarget::ClientNetwork(0))
+    );
+    assert_eq!(
+        p.check(&packet([10, 250, 0, 2], host_b), laptop, "laptop", none),
+        Verdict::Denied
+    );
+    // From behind the site, to a target network its groups reach.
+    assert_eq!(
+        p.check(&packet(host_b, [192, 168, 1, 5]), site, "site-b", eng),
+        Verdict::Forward(RouteTarget::Network(0))
+    );
+    assert_eq!(
+        p.check(&packet(host_b, [10, 20, 0, 1]), site, "site-b", none),
+        Verdict::Forward(RouteTarget::Network(1))
+    );
+    // The site's own address still works; another identity may not send
+    // from the site's network.
+    assert_eq!(
+        p.check(
+            &packet([10, 250, 0, 9], [10, 20, 0, 1]),
+            site,
+            "site-b",
+            none
+        ),
+        Verdict::Forward(RouteTarget::Network(1))
+    );
+    assert_eq!(
+        p.check(&packet(host_b, [10, 20, 0, 1]), laptop, "laptop", eng),
+        Verdict::Spoofed
+    );
+    assert_eq!(
+        p.check(&packet([10, 43, 0, 1], [10, 20, 0, 1]), site, "site-b", eng),
+        Verdict::Spoofed
+    );
+    assert_eq!(p.reply_target(laptop), Some(RouteTarget::Local));
 }
 
 #[test]
@@ -119,41 +175,49 @@ fn packet_verdicts() {
     let none = p.group_mask(&[]);
     let c = [10, 250, 0, 2];
     assert_eq!(
-        p.check(&packet(c, [192, 168, 1, 5]), me, eng),
+        p.check(&packet(c, [192, 168, 1, 5]), me, "laptop", eng),
         Verdict::Forward(RouteTarget::Network(0))
     );
     assert_eq!(
-        p.check(&packet(c, [192, 168, 1, 5]), me, none),
+        p.check(&packet(c, [192, 168, 1, 5]), me, "laptop", none),
         Verdict::Denied
     );
     assert_eq!(
-        p.check(&packet(c, [192, 168, 2, 5]), me, eng),
+        p.check(&packet(c, [192, 168, 2, 5]), me, "laptop", eng),
         Verdict::Denied
     );
     assert_eq!(
-        p.check(&packet(c, [10, 20, 3, 4]), me, none),
+        p.check(&packet(c, [10, 20, 3, 4]), me, "laptop", none),
         Verdict::Forward(RouteTarget::Network(1))
     );
     assert_eq!(
-        p.check(&packet(c, [10, 250, 0, 3]), me, none),
+        p.check(&packet(c, [10, 250, 0, 3]), me, "laptop", none),
         Verdict::Forward(RouteTarget::Local)
     );
-    assert_eq!(p.check(&packet(c, [8, 8, 8, 8]), me, eng), Verdict::NoRoute);
     assert_eq!(
-        p.check(&packet([10, 250, 0, 9], [192, 168, 1, 5]), me, eng),
+        p.check(&packet(c, [8, 8, 8, 8]), me, "laptop", eng),
+        Verdict::NoRoute
+    );
+    assert_eq!(
+        p.check(
+            &packet([10, 250, 0, 9], [192, 168, 1, 5]),
+            me,
+            "laptop",
+            eng
+        ),
         Verdict::Spoofed
     );
     assert_eq!(
-        p.check(&packet(c, [192, 168, 1, 5])[..19], me, eng),
+        p.check(&packet(c, [192, 168, 1, 5])[..19], me, "laptop", eng),
         Verdict::Malformed
     );
     let mut v6 = packet(c, [192, 168, 1, 5]);
     v6[0] = 0x60;
-    assert_eq!(p.check(&v6, me, eng), Verdict::Malformed);
+    assert_eq!(p.check(&v6, me, "laptop", eng), Verdict::Malformed);
     // An IPv6 header's worth: a stock client's IPv6 chatter, not garbage.
     let mut v6 = [0u8; 40];
     v6[0] = 0x60;
-    assert_eq!(p.check(&v6, me, eng), Verdict::Ipv6);
+    assert_eq!(p.check(&v6, me, "laptop", eng), Verdict::Ipv6);
 }
 
 /// IPv4 headers the kernel would refuse are the policy's to drop.
@@ -180,10 +244,14 @@ fn lengths_the_kernel_would_refuse_are_malformed() {
     for (what, spoil) in cases {
         let mut bad = good;
         spoil(&mut bad);
-        assert_eq!(p.check(&bad, me, eng), Verdict::Malformed, "{what}");
+        assert_eq!(
+            p.check(&bad, me, "laptop", eng),
+            Verdict::Malformed,
+            "{what}"
+        );
     }
     // A frame longer than the packet it holds.
     let mut padded = good.to_vec();
     padded.push(0);
-    assert_eq!(p.check(&padded, me, eng), Verdict::Malformed);
+    assert_eq!(p.check(&padded, me, "laptop", eng), Verdict::Malformed);
 }

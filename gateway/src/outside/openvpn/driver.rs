@@ -305,7 +305,11 @@ impl Run<'_> {
         let (Some(s), Some(n)) = (self.client.session.get(), &self.negotiated) else {
             return Ok(());
         };
-        let options = push::options(&self.ep.push_for(s.address), n, IDLE_TIMEOUT);
+        let options = push::options(
+            &self.ep.push_for(s.address, &s.common_name),
+            n,
+            IDLE_TIMEOUT,
+        );
         for m in push::messages(&options) {
             control.send_message(&m)?;
         }

@@ -112,6 +112,7 @@ pub fn config_message(push: Push, connection_id: &str, datagram: Option<Datagram
         session_expires_in_secs: push.session_timeout.as_secs(),
         connection_id: connection_id.to_string(),
         datagram,
+        client_networks: push.client_networks,
     })
 }
 

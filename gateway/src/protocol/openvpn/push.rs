@@ -131,6 +131,7 @@ mod tests {
                 .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap())
                 .collect(),
             full_tunnel: full,
+            client_networks: Vec::new(),
             dns_servers: vec!["192.168.1.53".parse().unwrap()],
             mtu: 1500,
             banner: None,
