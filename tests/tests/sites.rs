@@ -46,24 +46,10 @@ fn site(tag: &str) -> Site {
         ),
     );
     sh_ok(&tb.target, &format!("ip route add {SITE_CIDR} via {ENI}"));
+    let flows = tb.path("flows.jsonl");
     let config = tb.write_config(
-        "",
-        &format!(
-            r#"
-[[client_networks]]
-common_name = "site-b"
-cidr = "{SITE_CIDR}"
-reachable_from = ["tn-a"]
-
-[[authorization_rules]]
-destination = "{SITE_CIDR}"
-access_group = "eng"
-
-[[authorization_rules]]
-destination = "192.168.1.0/24"
-access_group = "site"
-"#
-        ),
+        &format!("flow_log = \"{}\"", flows.display()),
+        &site_tables(true),
     );
     let gw = tb.start_gateway(&config);
     Site {
@@ -72,6 +58,57 @@ access_group = "site"
         gw,
         config,
     }
+}
+
+/// The rules, with or without the site's network.
+fn site_tables(with_site: bool) -> String {
+    let site = if with_site {
+        format!(
+            r#"
+[[client_networks]]
+common_name = "site-b"
+cidr = "{SITE_CIDR}"
+reachable_from = ["tn-a"]
+"#
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"{site}
+[[authorization_rules]]
+destination = "{SITE_CIDR}"
+access_group = "eng"
+
+[[authorization_rules]]
+destination = "192.168.1.0/24"
+access_group = "site"
+"#
+    )
+}
+
+/// `cvpn-gw reload` of the testbed's configuration with or without the
+/// site's network.
+fn reload(s: &Site, with_site: bool) {
+    let flows = s.tb.path("flows.jsonl");
+    s.tb.write_config(
+        &format!("flow_log = \"{}\"", flows.display()),
+        &site_tables(with_site),
+    );
+    cvpn_e2e::ok(
+        std::process::Command::new(cvpn_e2e::bin("cvpn-gw"))
+            .args(["reload", "--control"])
+            .arg(s.tb.control_socket()),
+    );
+}
+
+/// The flow log's lines so far.
+fn flow_lines(tb: &Testbed) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(tb.path("flows.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
 }
 
 /// `bytes` from a server in `server_ns` on `addr` to a fetching client in
@@ -180,6 +217,43 @@ fn cvpn_client_routes_a_site() {
     let _router = tb.connect(1, &site_profile);
     reaches(&tb.clients[0], HOST_B);
     reaches(&tb.target, HOST_B);
+    // Live: without the site's network nothing routes to it, on the
+    // gateway host or the laptops; with it back, B answers again.
+    reload(&s, false);
+    let gw_routes = sh_ok(&tb.gateway, "ip -4 route show");
+    assert!(!gw_routes.contains("10.42.0.0/16"), "{gw_routes}");
+    let (ok, out) = ping(&tb.target, HOST_B);
+    assert!(!ok, "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let laptop_routes = sh_ok(&tb.clients[0], "ip -4 route show");
+    assert!(!laptop_routes.contains(SITE_CIDR), "{laptop_routes}");
+    reload(&s, true);
+    reaches(&tb.target, HOST_B);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    reaches(&tb.clients[0], HOST_B);
+    // The logs name the site: its sessions carry its network, and the
+    // flows from and into it are its identity's.
+    let records = cvpn_e2e::checks::connection_log(tb);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["common-name"] == "site-b" && r["client-networks"] == SITE_CIDR),
+        "{records:?}"
+    );
+    let flows = flow_lines(tb);
+    let site_flow = |src: &str, dst: &str| {
+        flows.iter().any(|f| {
+            f["common-name"] == "site-b"
+                && f["pkt-srcaddr"] == src
+                && f["dstaddr"] == dst
+                && f["target-network"] == "tn-a"
+        })
+    };
+    assert!(site_flow(HOST_B, TARGET), "B's flow to A: {flows:?}");
+    assert!(
+        site_flow(TARGET, HOST_B),
+        "A's flow into the site: {flows:?}"
+    );
     // What B's network sends counts as the site session's traffic.
     let conns = tb.connections();
     let site_bytes = conns["connections"]

@@ -222,7 +222,19 @@ impl Endpoint {
     pub fn log(&self, record: &Record) {
         self.tally.count(&record.event);
         if let Some(l) = &self.connlog {
-            l.write(&record.to_json());
+            let mut line = record.to_json();
+            // A site's sessions name the networks they carry.
+            let config = self.config();
+            let carried: Vec<String> = config
+                .client_networks
+                .iter()
+                .filter(|n| record.common_name.as_deref() == Some(n.common_name.as_str()))
+                .map(|n| n.cidr.to_string())
+                .collect();
+            if let (false, Some(m)) = (carried.is_empty(), line.as_object_mut()) {
+                m.insert("client-networks".into(), carried.join(",").into());
+            }
+            l.write(&line);
         }
     }
 
