@@ -85,6 +85,7 @@ struct RawTarget {
     vpc_cidr: Ipv4Net,
     #[serde(default = "yes")]
     snat: bool,
+    alias_cidr: Option<Ipv4Net>,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +157,18 @@ pub struct TargetNetwork {
     pub eni_address: Option<Ipv4Addr>,
     pub vpc_cidr: Ipv4Net,
     pub snat: bool,
+    /// Clients reach the network under this prefix (same length as
+    /// `vpc_cidr`, same host part); its real addresses may then overlap
+    /// other networks'.
+    pub alias_cidr: Option<Ipv4Net>,
+}
+
+impl TargetNetwork {
+    /// The prefix clients reach the network under: its alias, or its
+    /// `vpc_cidr`.
+    pub fn client_view(&self) -> Ipv4Net {
+        self.alias_cidr.unwrap_or(self.vpc_cidr)
+    }
 }
 
 /// A network behind one client (a site; OpenVPN's iroute): routed to the

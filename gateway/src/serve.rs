@@ -33,6 +33,8 @@ const TUN_QUEUE_LEN: u32 = 10_000;
 /// Everything `serve` changed on the host, undone in `teardown`.
 struct HostState {
     applied: Option<netsetup::Applied>,
+    /// Aliased networks' routing rules and tables were added.
+    aliases: bool,
     control_socket: PathBuf,
 }
 
@@ -42,6 +44,11 @@ impl HostState {
             && let Err(e) = a.undo()
         {
             warn!(error = %e, "could not undo the network set-up");
+        }
+        if std::mem::take(&mut self.aliases)
+            && let Err(e) = netsetup::aliases::clear()
+        {
+            warn!(error = %e, "could not remove the aliased networks' routing");
         }
         let _ = std::fs::remove_file(&self.control_socket);
     }
@@ -147,18 +154,23 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
 
     let mut host = HostState {
         applied: None,
+        aliases: false,
         control_socket: config.control_socket.clone(),
     };
     let targets: Vec<nft::NatTarget> = config
         .target_networks
         .iter()
         .zip(&enis)
-        .map(|(t, eni)| nft::NatTarget {
+        .enumerate()
+        .map(|(i, (t, eni))| nft::NatTarget {
             interface: t.interface.clone(),
             eni_address: *eni,
             snat: t.snat,
+            alias: t.alias_cidr.map(|a| nft::Alias::new(a, t.vpc_cidr, i)),
         })
         .collect();
+    host.aliases = targets.iter().any(|t| t.alias.is_some());
+    netsetup::aliases::apply(&targets).map_err(netsetup::SetupError::from)?;
     let table = move |c: &Config, owner: &nft::TableOwner| {
         nft::ruleset(
             TUN_NAME,

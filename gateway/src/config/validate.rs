@@ -197,15 +197,80 @@ impl Validator {
                     format!("{} overlaps client_cidr {cidr}", t.vpc_cidr),
                 );
             }
+            let alias_cidr = t
+                .alias_cidr
+                .map(|a| self.alias(&key("alias_cidr"), a, t.vpc_cidr, cidr));
             out.push(TargetNetwork {
                 id: t.id,
                 interface: t.interface,
                 eni_address: t.eni_address,
                 vpc_cidr: t.vpc_cidr.trunc(),
                 snat: t.snat,
+                alias_cidr,
             });
         }
+        self.distinct_views(&out);
         out
+    }
+
+    /// An alias: a network of the same length as the real one, clear of
+    /// the client CIDR.
+    fn alias(&mut self, key: &str, alias: Ipv4Net, real: Ipv4Net, cidr: Ipv4Net) -> Ipv4Net {
+        let alias = self.network(key, alias);
+        if alias.prefix_len() != real.prefix_len() {
+            self.bad(
+                key,
+                format!(
+                    "{alias} must have the length of vpc_cidr {real} (/{}): addresses map 1:1",
+                    real.prefix_len()
+                ),
+            );
+        }
+        if overlaps(alias, cidr) {
+            self.bad(key, format!("{alias} overlaps client_cidr {cidr}"));
+        }
+        alias
+    }
+
+    /// What clients see of the target networks (their aliases, or their
+    /// vpc_cidr) may not overlap; real CIDRs may, behind aliases.
+    fn distinct_views(&mut self, targets: &[TargetNetwork]) {
+        for (i, a) in targets.iter().enumerate() {
+            for (j, b) in targets.iter().enumerate().skip(i + 1) {
+                let (va, vb) = (a.client_view(), b.client_view());
+                let clash = if a.alias_cidr.is_none() && b.alias_cidr.is_none() {
+                    // Without aliases, only equal CIDRs are refused: a
+                    // more specific network inside another is routed by
+                    // longest prefix, as before.
+                    va == vb
+                } else {
+                    overlaps(va, vb)
+                };
+                if clash {
+                    let what = |t: &TargetNetwork| match t.alias_cidr {
+                        Some(al) => format!("alias_cidr {al}"),
+                        None => format!("vpc_cidr {}", t.vpc_cidr),
+                    };
+                    let hint = if a.vpc_cidr == b.vpc_cidr
+                        && (a.alias_cidr.is_none() || b.alias_cidr.is_none())
+                    {
+                        " (networks sharing a vpc_cidr each need an alias_cidr)"
+                    } else {
+                        ""
+                    };
+                    self.bad(
+                        format!("target_networks[{j}]"),
+                        format!(
+                            "{} ({}) overlaps {} of target_networks[{i}] ({}){hint}",
+                            what(b),
+                            b.id,
+                            what(a),
+                            a.id
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     fn client_networks(
@@ -231,14 +296,17 @@ impl Validator {
                 self.bad(key("cidr"), format!("{net} overlaps client_cidr {cidr}"));
             }
             for (j, t) in targets.iter().enumerate() {
-                if overlaps(net, t.vpc_cidr) {
-                    self.bad(
-                        key("cidr"),
-                        format!(
-                            "{net} overlaps target_networks[{j}] ({}) vpc_cidr {}",
-                            t.id, t.vpc_cidr
-                        ),
-                    );
+                for (what, other) in [("vpc_cidr", Some(t.vpc_cidr)), ("alias_cidr", t.alias_cidr)]
+                {
+                    if let Some(other) = other.filter(|o| overlaps(net, *o)) {
+                        self.bad(
+                            key("cidr"),
+                            format!(
+                                "{net} overlaps target_networks[{j}] ({}) {what} {other}",
+                                t.id
+                            ),
+                        );
+                    }
                 }
             }
             for (j, other) in out.iter().enumerate() {
@@ -255,6 +323,12 @@ impl Validator {
             let mut reachable_from = Vec::new();
             for id in &n.reachable_from {
                 match targets.iter().position(|t| &t.id == id) {
+                    Some(t) if targets[t].alias_cidr.is_some() => self.bad(
+                        key("reachable_from"),
+                        format!(
+                            "{id:?} has an alias_cidr: an aliased network is reached one way only"
+                        ),
+                    ),
                     Some(t) if !reachable_from.contains(&t) => reachable_from.push(t),
                     Some(_) => self.bad(key("reachable_from"), format!("{id:?} is named twice")),
                     None => self.bad(
@@ -283,10 +357,13 @@ impl Validator {
             .iter()
             .enumerate()
             .map(|(i, t)| Route {
-                destination: t.vpc_cidr,
+                destination: t.client_view(),
                 target: RouteTarget::Network(i),
                 origin: Origin::Associate,
-                description: Some(format!("association of {}", t.id)),
+                description: Some(match t.alias_cidr {
+                    Some(_) => format!("association of {} (alias of {})", t.id, t.vpc_cidr),
+                    None => format!("association of {}", t.id),
+                }),
             })
             .collect();
         routes.extend(client_networks.iter().enumerate().map(|(i, n)| Route {
@@ -308,7 +385,21 @@ impl Validator {
                 RouteTarget::Local
             } else {
                 match targets.iter().position(|t| t.id == r.target) {
-                    Some(n) => RouteTarget::Network(n),
+                    Some(n) => {
+                        if let Some(alias) = targets[n].alias_cidr
+                            && !(alias.contains(&dest.network())
+                                && dest.prefix_len() >= alias.prefix_len())
+                        {
+                            self.bad(
+                                key("destination"),
+                                format!(
+                                    "{dest} is outside alias_cidr {alias} of {:?}: a network with an alias is reached only under it",
+                                    r.target
+                                ),
+                            );
+                        }
+                        RouteTarget::Network(n)
+                    }
                     None => {
                         self.bad(
                             key("target"),

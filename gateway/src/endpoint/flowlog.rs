@@ -22,8 +22,12 @@ pub const MAX_TRACKED_FLOWS: usize = 131_072;
 pub struct Flow {
     /// The client's tunnel address and port (the original source).
     pub pkt_src: (Ipv4Addr, u16),
-    /// The destination on the target network.
+    /// The destination the client addressed (an alias, for an aliased
+    /// target network).
     pub dst: (Ipv4Addr, u16),
+    /// The destination's real address: the reply's source (the alias
+    /// translated, for an aliased network; else `dst`).
+    pub real_dst: (Ipv4Addr, u16),
     /// What the target saw as the source: the reply's destination, so the
     /// ENI address and the port SNAT chose, or the client's own.
     pub src: (Ipv4Addr, u16),
@@ -153,8 +157,11 @@ fn record(kind: &str, flow: &Flow, who: &Attribution, start: i64, end: Option<i6
     put("pkt-srcport", json!(flow.pkt_src.1));
     put("srcaddr", json!(flow.src.0.to_string()));
     put("srcport", json!(flow.src.1));
-    put("dstaddr", json!(flow.dst.0.to_string()));
-    put("dstport", json!(flow.dst.1));
+    put("dstaddr", json!(flow.real_dst.0.to_string()));
+    put("dstport", json!(flow.real_dst.1));
+    if flow.real_dst.0 != flow.dst.0 {
+        put("alias-dstaddr", json!(flow.dst.0.to_string()));
+    }
     put("protocol", json!(flow.protocol));
     put("target-network", json!(who.target_network));
     put("start", json!(start));
@@ -231,6 +238,7 @@ mod tests {
         Flow {
             pkt_src: (Ipv4Addr::new(10, 250, 0, 2), src_port),
             dst: (Ipv4Addr::new(192, 168, 1, 2), 5432),
+            real_dst: (Ipv4Addr::new(192, 168, 1, 2), 5432),
             src: (Ipv4Addr::new(192, 168, 1, 1), 61_000),
             protocol: 6,
         }

@@ -56,7 +56,16 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     let host = |c: &Config| {
         c.target_networks
             .iter()
-            .map(|t| (t.id.clone(), t.interface.clone(), t.eni_address, t.snat))
+            .map(|t| {
+                (
+                    t.id.clone(),
+                    t.interface.clone(),
+                    t.eni_address,
+                    t.snat,
+                    t.alias_cidr,
+                    t.vpc_cidr,
+                )
+            })
             .collect::<Vec<_>>()
     };
     check("target_networks", host(old) == host(new));

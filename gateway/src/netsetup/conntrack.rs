@@ -161,6 +161,7 @@ fn fields(attrs: &[ConntrackAttribute]) -> Option<(u32, Flow, (u64, u64))> {
     let flow = Flow {
         pkt_src: (orig.src, orig.src_port),
         dst: (orig.dst, orig.dst_port),
+        real_dst: (reply.src, reply.src_port),
         src: (reply.dst, reply.dst_port),
         protocol: orig.protocol,
     };

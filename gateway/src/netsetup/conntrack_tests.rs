@@ -71,6 +71,7 @@ fn expected_flow() -> Flow {
     Flow {
         pkt_src: (Ipv4Addr::new(10, 250, 0, 2), 40_000),
         dst: (Ipv4Addr::new(192, 168, 1, 2), 5432),
+        real_dst: (Ipv4Addr::new(192, 168, 1, 2), 5432),
         src: (Ipv4Addr::new(192, 168, 1, 1), 61_000),
         protocol: 6,
     }

@@ -4,6 +4,7 @@
 //! One gateway runs per network namespace: an exclusive lock held for the
 //! process's lifetime tells a crash's leftovers from a live instance's.
 
+pub mod aliases;
 pub mod conntrack;
 pub mod nft;
 pub mod sites;
@@ -43,8 +44,8 @@ pub enum SetupError {
     },
     #[error("{0}")]
     Nft(#[from] nft::NftError),
-    #[error("client_networks: {0}")]
-    Sites(#[from] sites::SitesError),
+    #[error("routes: {0}")]
+    Ip(#[from] sites::IpError),
     #[error("{path}: {source}")]
     Sysctl {
         path: &'static str,
@@ -139,8 +140,11 @@ fn is_live_gateway(pid: u32) -> bool {
 /// the sysctls it recorded). A table whose recorded owner is a live
 /// gateway is left alone and refused, lock or not.
 pub fn clear_stale() -> Result<bool, SetupError> {
+    // Our routing rules without our table would be a crash's too; the
+    // instance lock is held, so they are no live gateway's.
+    let rules = aliases::clear()?;
     let Some(owner) = nft::existing_table() else {
-        return Ok(false);
+        return Ok(rules > 0);
     };
     if let Some(pid) = owner.pid.filter(|p| is_live_gateway(*p)) {
         return Err(SetupError::Running {

@@ -38,6 +38,43 @@ pub struct NatTarget {
     pub eni_address: Ipv4Addr,
     /// False: the target network sees client addresses.
     pub snat: bool,
+    /// Clients reach the network under an alias.
+    pub alias: Option<Alias>,
+}
+
+/// How an aliased target network is kept apart from others with the same
+/// real CIDR: its own conntrack zone (equal tuples in two networks never
+/// collide), a mark that selects its routing table, and the 1:1 prefix
+/// translation (NETMAP) of its alias to its real CIDR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alias {
+    /// What clients address.
+    pub alias: Ipv4Net,
+    /// The network's real CIDR.
+    pub real: Ipv4Net,
+    /// The conntrack zone of its flows.
+    pub zone: u16,
+    /// The packet mark that routes by its table (and the table's id).
+    pub mark: u32,
+}
+
+/// Marks and routing-table ids of aliased networks: this base plus the
+/// network's position (from 1), within [`ALIAS_MARK_MASK`].
+pub const ALIAS_MARK_BASE: u32 = 0x6376_0000;
+/// The bits of a mark that say it is one of ours.
+pub const ALIAS_MARK_MASK: u32 = 0xffff_0000;
+
+impl Alias {
+    /// The alias of the target network at `index` (0-based).
+    pub fn new(alias: Ipv4Net, real: Ipv4Net, index: usize) -> Alias {
+        let n = index as u32 + 1;
+        Alias {
+            alias,
+            real,
+            zone: n as u16,
+            mark: ALIAS_MARK_BASE + n,
+        }
+    }
 }
 
 /// A client network as the table needs it.
@@ -281,6 +318,7 @@ pub fn ruleset(
             None,
         ));
     }
+    aliases(&mut b, tun, targets);
     b.add(chain("forward", NfChainType::Filter, NfHook::Forward, 0));
     // Both ways through the tunnel, so neither end sends a segment that
     // does not fit the tunnel once encapsulated (OpenVPN's mssfix, for
@@ -352,9 +390,130 @@ pub fn ruleset(
     b.to_nftables()
 }
 
+/// The chains of aliased networks (none without aliases): conntrack zone
+/// by network before conntrack sees a packet (raw priority, both ways and
+/// for the host's own packets), the routing mark before the DNAT (mangle
+/// priority, while the destination is still the alias), and the NETMAP.
+fn aliases(b: &mut Batch<'static>, tun: &str, targets: &[NatTarget]) {
+    let aliased: Vec<(&NatTarget, &Alias)> = targets
+        .iter()
+        .filter_map(|t| Some((t, t.alias.as_ref()?)))
+        .collect();
+    if aliased.is_empty() {
+        return;
+    }
+    // nft's priorities raw (-300), mangle (-150), dstnat (-100).
+    b.add(chain(
+        "zones",
+        NfChainType::Filter,
+        NfHook::Prerouting,
+        -300,
+    ));
+    b.add(chain(
+        "zones_out",
+        NfChainType::Filter,
+        NfHook::Output,
+        -300,
+    ));
+    b.add(chain(
+        "marks",
+        NfChainType::Filter,
+        NfHook::Prerouting,
+        -150,
+    ));
+    b.add(chain(
+        "prerouting",
+        NfChainType::NAT,
+        NfHook::Prerouting,
+        -100,
+    ));
+    let set = |key: NamedExpression<'static>, value: u32| {
+        Statement::Mangle(Mangle {
+            key: named(key),
+            value: Expression::Number(value),
+        })
+    };
+    let zone = || {
+        NamedExpression::CT(CT {
+            key: "zone".into(),
+            family: None,
+            dir: None,
+        })
+    };
+    for (t, a) in aliased {
+        let to_alias = || {
+            vec![
+                meta(MetaKey::Iifname, tun),
+                is(field("ip", "daddr"), Operator::EQ, prefix(a.alias)),
+            ]
+        };
+        let mut r = to_alias();
+        r.push(set(zone(), a.zone.into()));
+        b.add(rule("zones", r, None));
+        b.add(rule(
+            "zones",
+            vec![
+                meta(MetaKey::Iifname, &t.interface),
+                set(zone(), a.zone.into()),
+            ],
+            None,
+        ));
+        b.add(rule(
+            "zones_out",
+            vec![
+                meta(MetaKey::Oifname, &t.interface),
+                set(zone(), a.zone.into()),
+            ],
+            None,
+        ));
+        let mut r = to_alias();
+        r.push(set(
+            NamedExpression::Meta(Meta { key: MetaKey::Mark }),
+            a.mark,
+        ));
+        b.add(rule("marks", r, None));
+        let mut r = to_alias();
+        r.push(Statement::DNAT(Some(NAT {
+            addr: Some(prefix(a.real)),
+            family: None,
+            port: None,
+            flags: None,
+        })));
+        b.add(rule("prerouting", r, None));
+    }
+}
+
+/// The batch as nft's JSON, every DNAT of a prefix made a NETMAP (the
+/// nftables crate has no words for it: nft writes `dnat ip prefix to P`
+/// as `"flags": "netmap", "type_flags": "prefix"`). Our table has no
+/// other DNAT.
+fn to_json(ruleset: &Nftables) -> String {
+    let mut value = serde_json::to_value(ruleset).unwrap_or_default();
+    if let Some(objects) = value.get_mut("nftables").and_then(|v| v.as_array_mut()) {
+        for o in objects {
+            let Some(exprs) = o
+                .pointer_mut("/add/rule/expr")
+                .and_then(|e| e.as_array_mut())
+            else {
+                continue;
+            };
+            for e in exprs {
+                if let Some(dnat) = e.get_mut("dnat").and_then(|d| d.as_object_mut())
+                    && dnat.get("addr").is_some_and(|a| a.get("prefix").is_some())
+                {
+                    dnat.insert("flags".into(), "netmap".into());
+                    dnat.insert("type_flags".into(), "prefix".into());
+                }
+            }
+        }
+    }
+    value.to_string()
+}
+
 /// Creates the table, replacing any previous one of ours, atomically.
 pub fn install(ruleset: &Nftables) -> Result<(), NftError> {
-    Ok(helper::apply_ruleset(ruleset)?)
+    helper::apply_ruleset_raw(&to_json(ruleset), DEFAULT_NFT, helper::DEFAULT_ARGS)?;
+    Ok(())
 }
 
 /// Deletes our table (nothing if there is none).
@@ -404,11 +563,13 @@ mod tests {
                 interface: "eth1".into(),
                 eni_address: Ipv4Addr::new(192, 168, 1, 10),
                 snat: true,
+                alias: None,
             },
             NatTarget {
                 interface: "eth2".into(),
                 eni_address: Ipv4Addr::new(172, 16, 0, 5),
                 snat: false,
+                alias: None,
             },
         ];
         let batch = ruleset(
@@ -482,6 +643,7 @@ mod tests {
             interface: "eth1".into(),
             eni_address: Ipv4Addr::new(10, 1, 0, 10),
             snat: true,
+            alias: None,
         }];
         let sites = [SiteNetwork {
             cidr: "10.42.0.0/16".parse().unwrap(),

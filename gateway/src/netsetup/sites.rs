@@ -12,9 +12,9 @@ use ipnet::Ipv4Net;
 /// that a reload tells them from the device's own connected route.
 const PROTO: &str = "99";
 
-/// Why the routes could not be set.
+/// Why routes or rules could not be set.
 #[derive(Debug, thiserror::Error)]
-pub enum SitesError {
+pub enum IpError {
     /// `ip` could not be run.
     #[error("cannot run ip (is iproute2 installed?): {0}")]
     Spawn(std::io::Error),
@@ -23,13 +23,14 @@ pub enum SitesError {
     Refused { command: String, stderr: String },
 }
 
-fn ip(args: &[&str]) -> Result<String, SitesError> {
+/// Runs `ip ARGS`; its output.
+pub(super) fn ip(args: &[&str]) -> Result<String, IpError> {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .map_err(SitesError::Spawn)?;
+        .map_err(IpError::Spawn)?;
     if !out.status.success() {
-        return Err(SitesError::Refused {
+        return Err(IpError::Refused {
             command: format!("ip {}", args.join(" ")),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
@@ -38,7 +39,7 @@ fn ip(args: &[&str]) -> Result<String, SitesError> {
 }
 
 /// The client-network routes on `tun` now.
-fn present(tun: &str) -> Result<Vec<Ipv4Net>, SitesError> {
+fn present(tun: &str) -> Result<Vec<Ipv4Net>, IpError> {
     let listing = ip(&["-j", "-4", "route", "show", "dev", tun, "proto", PROTO])?;
     let routes: serde_json::Value = serde_json::from_str(&listing).unwrap_or_default();
     Ok(routes
@@ -58,7 +59,7 @@ fn present(tun: &str) -> Result<Vec<Ipv4Net>, SitesError> {
 }
 
 /// Makes the client-network routes on `tun` exactly `wanted`.
-pub fn sync(tun: &str, wanted: &[Ipv4Net]) -> Result<(), SitesError> {
+pub fn sync(tun: &str, wanted: &[Ipv4Net]) -> Result<(), IpError> {
     let have = present(tun)?;
     for net in wanted.iter().filter(|n| !have.contains(n)) {
         let dst = net.to_string();
