@@ -290,3 +290,66 @@ fn client_networks_are_routes_and_may_overlap_nothing() {
         "{p:?}"
     );
 }
+
+#[test]
+fn aliased_networks_may_share_a_vpc_cidr() {
+    let customer = |n: u8, alias: Option<&str>| {
+        let alias = alias
+            .map(|a| format!("alias_cidr = \"{a}\"\n"))
+            .unwrap_or_default();
+        format!(
+            "\n[[target_networks]]\nid = \"cust-{n}\"\ninterface = \"eth{n}\"\neni_address = \"10.0.0.10\"\nvpc_cidr = \"10.0.0.0/16\"\n{alias}"
+        )
+    };
+    let both = format!(
+        "{GOOD}{}{}",
+        customer(2, Some("100.70.0.0/16")),
+        customer(3, Some("100.71.0.0/16"))
+    );
+    let c = parse(&both).unwrap();
+    let associated: Vec<String> = c
+        .routes
+        .iter()
+        .filter(|r| r.origin == Origin::Associate)
+        .map(|r| r.destination.to_string())
+        .collect();
+    assert_eq!(
+        associated,
+        ["192.168.0.0/16", "100.70.0.0/16", "100.71.0.0/16"]
+    );
+
+    let p = problems(&format!("{GOOD}{}{}", customer(2, None), customer(3, None)));
+    assert!(
+        p.iter().any(|(k, w)| k == "target_networks[2]"
+            && w.contains("(cust-3)")
+            && w.contains("(cust-2)")
+            && w.contains("each need an alias_cidr")),
+        "{p:?}"
+    );
+    // An alias must keep the host part: same length.
+    let p = problems(&format!("{GOOD}{}", customer(2, Some("100.70.0.0/24"))));
+    assert!(
+        p.iter()
+            .any(|(k, w)| k == "target_networks[1].alias_cidr" && w.contains("1:1")),
+        "{p:?}"
+    );
+    // Aliases may not overlap each other or what clients see elsewhere.
+    let p = problems(&format!(
+        "{GOOD}{}{}",
+        customer(2, Some("100.70.0.0/16")),
+        customer(3, Some("100.70.0.0/16"))
+    ));
+    assert!(p.iter().any(|(k, _)| k == "target_networks[2]"), "{p:?}");
+    let p = problems(&format!("{GOOD}{}", customer(2, Some("192.168.0.0/16"))));
+    assert!(p.iter().any(|(k, _)| k == "target_networks[1]"), "{p:?}");
+    // Routes to an aliased network stay inside its alias.
+    let p = problems(&format!(
+        "{GOOD}{}\n[[routes]]\ndestination = \"10.30.0.0/16\"\ntarget = \"cust-2\"\n",
+        customer(2, Some("100.70.0.0/16"))
+    ));
+    assert!(
+        p.iter()
+            .any(|(k, w)| k.ends_with(".destination") && w.contains("outside alias_cidr")),
+        "{p:?}"
+    );
+}

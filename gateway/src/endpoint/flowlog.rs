@@ -253,6 +253,29 @@ mod tests {
     }
 
     #[test]
+    fn an_aliased_destination_is_logged_real_with_its_alias() {
+        let mut t = FlowTracker::default();
+        let mut f = flow(40_001);
+        f.dst = (Ipv4Addr::new(100, 70, 1, 2), 5432);
+        let line = t
+            .line(FlowEvent::Start { id: 9, flow: f }, 100, alice)
+            .unwrap();
+        assert_eq!(line["dstaddr"], "192.168.1.2");
+        assert_eq!(line["alias-dstaddr"], "100.70.1.2");
+        let plain = t
+            .line(
+                FlowEvent::Start {
+                    id: 10,
+                    flow: flow(40_002),
+                },
+                100,
+                alice,
+            )
+            .unwrap();
+        assert!(plain.get("alias-dstaddr").is_none());
+    }
+
+    #[test]
     fn a_flow_gets_a_start_and_an_end_line_naming_its_user() {
         let mut t = FlowTracker::default();
         let start = t

@@ -680,6 +680,60 @@ mod tests {
     }
 
     #[test]
+    fn aliased_networks_get_a_zone_a_mark_and_a_netmap() {
+        let alias = Alias::new(
+            "100.70.1.0/24".parse().unwrap(),
+            "10.0.0.0/24".parse().unwrap(),
+            1,
+        );
+        assert_eq!((alias.zone, alias.mark), (2, 0x6376_0002));
+        let targets = [NatTarget {
+            interface: "eth2".into(),
+            eni_address: Ipv4Addr::new(10, 0, 0, 10),
+            snat: true,
+            alias: Some(alias),
+        }];
+        let batch = ruleset(
+            "cvpn-gw0",
+            "10.250.0.0/22".parse().unwrap(),
+            &targets,
+            &[],
+            &[],
+            &owner(),
+        );
+        let json: serde_json::Value = serde_json::from_str(&to_json(&batch)).unwrap();
+        let rules: Vec<String> = json["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.get("add")?.get("rule"))
+            .map(|r| format!("{} {}", r["chain"], r["expr"]))
+            .collect();
+        let find = |chain: &str, needle: &str| {
+            rules
+                .iter()
+                .any(|r| r.starts_with(&format!("\"{chain}\"")) && r.contains(needle))
+        };
+        let alias = r#"{"prefix":{"addr":"100.70.1.0","len":24}}"#;
+        assert!(
+            find("zones", alias) && find("zones", r#""ct":{"key":"zone"}"#),
+            "{rules:?}"
+        );
+        assert!(find("zones", r#""right":"eth2""#));
+        assert!(find("zones_out", r#""right":"eth2""#));
+        assert!(find("marks", alias) && find("marks", &0x6376_0002u32.to_string()));
+        assert!(
+            find(
+                "prerouting",
+                r#"{"dnat":{"addr":{"prefix":{"addr":"10.0.0.0","len":24}},"flags":"netmap","type_flags":"prefix"}}"#
+            ),
+            "{rules:?}"
+        );
+        // Nothing but rules got the NETMAP keys.
+        assert!(!to_json(&batch).contains(r#""expr":null"#));
+    }
+
+    #[test]
     fn owner_records() {
         let old = serde_json::json!({"nftables": [{"table": {"name": "cvpn_gw"}}, {"rule": {"comment": "cvpn-gw pid=7 ip_forward=1"}}]});
         assert_eq!(
