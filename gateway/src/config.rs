@@ -43,6 +43,7 @@ struct RawConfig {
     control_socket: Option<PathBuf>,
     connection_log: Option<PathBuf>,
     flow_log: Option<PathBuf>,
+    flow_log_rate: Option<i64>,
     metrics_listen: Option<SocketAddr>,
     transport_protocol: Option<String>,
     state_dir: Option<PathBuf>,
@@ -246,6 +247,9 @@ pub struct Config {
     pub connection_log: Option<PathBuf>,
     /// One line per forwarded flow's start and end (conntrack events).
     pub flow_log: Option<PathBuf>,
+    /// Flow-start lines per session per second (bursts of four times
+    /// that); the rest go into the session's flow-summary lines.
+    pub flow_log_rate: u32,
     pub metrics_listen: Option<SocketAddr>,
     /// `udp`: clients whose profile says `proto udp` also get the datagram
     /// channel on the same port number over UDP.

@@ -138,6 +138,11 @@ impl Validator {
                 .unwrap_or_else(|| DEFAULT_CONTROL_SOCKET.into()),
             connection_log: raw.connection_log.map(resolve),
             flow_log: raw.flow_log.map(resolve),
+            flow_log_rate: self.count(
+                "flow_log_rate",
+                raw.flow_log_rate,
+                crate::endpoint::flowbudget::DEFAULT_RATE,
+            ),
             metrics_listen: raw.metrics_listen,
             transport_protocol,
             state_dir: raw

@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 
 use serde_json::{Map, Value, json};
 
+use super::flowbudget::Budgets;
 use crate::config::RouteTarget;
 
 /// Flows remembered between their start and end lines at once: beyond it a
@@ -75,21 +76,34 @@ struct Started {
     start: i64,
 }
 
-/// Flows between their start and end: turns events into log lines.
+/// Flows between their start and end: turns events into log lines,
+/// within each session's budget.
 #[derive(Default)]
 pub struct FlowTracker {
     started: HashMap<u32, Started>,
+    /// Flows whose start was over budget: their session's connection id
+    /// and the flow, so that their end adds to the summary.
+    unlogged: HashMap<u32, (String, Flow)>,
+    /// Each session's budget of start lines.
+    pub budgets: Budgets,
+    /// Start lines not written, over budget, since the tracker began.
+    suppressed: u64,
 }
 
 impl FlowTracker {
-    /// Flows remembered now.
+    /// Flows remembered now (logged and not).
     pub fn len(&self) -> usize {
-        self.started.len()
+        self.started.len() + self.unlogged.len()
     }
 
     /// No flow remembered.
     pub fn is_empty(&self) -> bool {
-        self.started.is_empty()
+        self.len() == 0
+    }
+
+    /// Flow starts not logged (over a session's budget) so far.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed
     }
 
     /// The line for `event` at Unix time `now`, if it is a client's flow:
@@ -106,8 +120,15 @@ impl FlowTracker {
         match event {
             FlowEvent::Start { id, flow } => {
                 let who = attribute(&flow)?;
+                if !self.budgets.admit(&who, now) {
+                    self.suppressed += 1;
+                    if self.len() < MAX_TRACKED_FLOWS {
+                        self.unlogged.insert(id, (who.connection_id, flow));
+                    }
+                    return None;
+                }
                 let line = record("flow-start", &flow, &who, now, None);
-                if self.started.len() < MAX_TRACKED_FLOWS {
+                if self.len() < MAX_TRACKED_FLOWS {
                     self.started.insert(
                         id,
                         Started {
@@ -126,11 +147,17 @@ impl FlowTracker {
                 bytes,
             } => {
                 // Ids are reused once a flow is gone: the tuple must match.
+                let same = |f: &Flow| {
+                    f.pkt_src == flow.pkt_src && f.dst == flow.dst && f.protocol == flow.protocol
+                };
+                if let Some((connection_id, f)) = self.unlogged.remove(&id) {
+                    if same(&f) {
+                        self.budgets.ended_unlogged(&connection_id, packets, bytes);
+                    }
+                    return None;
+                }
                 let s = self.started.remove(&id)?;
-                if s.flow.pkt_src != flow.pkt_src
-                    || s.flow.dst != flow.dst
-                    || s.flow.protocol != flow.protocol
-                {
+                if !same(&s.flow) {
                     return None;
                 }
                 let mut line = record("flow-end", &flow, &s.who, s.start, Some(now));
@@ -182,8 +209,8 @@ impl super::Endpoint {
         let config = self.config();
         let (src, dst) = (flow.pkt_src.0, flow.dst.0);
         let (session, index) = if config.client_cidr.contains(&src) {
-            (self.sessions.get(src)?, Self::target_of(&config, dst)?)
-        } else if let Some(index) = Self::target_of(&config, dst) {
+            (self.sessions.get(src)?, self.target_of(dst)?)
+        } else if let Some(index) = self.target_of(dst) {
             (self.carrier_of(&config, src)?, index)
         } else {
             let index = config
@@ -204,13 +231,8 @@ impl super::Endpoint {
     }
 
     /// The target network the route table sends `dst` to, if any.
-    fn target_of(config: &crate::config::Config, dst: Ipv4Addr) -> Option<usize> {
-        let route = config
-            .routes
-            .iter()
-            .filter(|r| r.destination.contains(&dst))
-            .max_by_key(|r| r.destination.prefix_len())?;
-        match route.target {
+    fn target_of(&self, dst: Ipv4Addr) -> Option<usize> {
+        match self.policy.load().routes.lookup(dst)? {
             RouteTarget::Network(index) => Some(index),
             _ => None,
         }

@@ -25,6 +25,22 @@ pub fn reply_buffer() -> Reply {
     [0u8; VNET_HDR_LEN + icmp::MAX_REPLY]
 }
 
+/// Seconds between two warnings about forged sources.
+const SPOOF_WARNING_INTERVAL: u64 = 10;
+
+/// True at most once per `SPOOF_WARNING_INTERVAL` (`last`: when the last
+/// warning was due, in seconds since the Unix epoch).
+fn warning_due(last: &std::sync::atomic::AtomicU64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let before = last.load(Ordering::Relaxed);
+    now >= before + SPOOF_WARNING_INTERVAL
+        && last
+            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
 /// The source of an IPv4 packet (no virtio-net header), if it is one.
 #[inline]
 fn ipv4_source(packet: &[u8]) -> Option<std::net::Ipv4Addr> {
@@ -92,10 +108,12 @@ impl Endpoint {
             }
             Verdict::Spoofed => {
                 let n = self.drops.spoofed.fetch_add(1, Ordering::Relaxed);
-                if n.is_multiple_of(1000) {
+                // One line per interval whatever the packet rate (a
+                // client's flood must not become a log's).
+                if warning_due(&self.drops.spoof_warned) {
                     warn!(connection_id = %session.connection_id,
-                          common_name = %untrusted(&session.common_name),
-                          "dropped a packet with a forged source address");
+                          common_name = %untrusted(&session.common_name), dropped_so_far = n + 1,
+                          "dropped packets with a forged source address");
                 }
                 return;
             }

@@ -167,6 +167,13 @@ pub fn render(s: &Snapshot) -> String {
         "Times conntrack events were lost because the flow log fell behind",
         overruns,
     );
+    let suppressed = Counter::<u64>::default();
+    suppressed.inc_by(load(&t.flow_log_suppressed));
+    r.register(
+        "flow_log_suppressed",
+        "Flow starts not logged because their session was over flow_log_rate (in flow-summary lines)",
+        suppressed,
+    );
     let d = s.drops;
     family(
         &mut r,

@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod connlog;
+pub mod flowbudget;
 pub mod flowlog;
 pub mod forward;
 pub mod handshakes;

@@ -115,6 +115,7 @@ fn changed_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     };
     check("routes", old.routes == new.routes);
     check("authorization_rules", old.rules == new.rules);
+    check("flow_log_rate", old.flow_log_rate == new.flow_log_rate);
     check(
         "client_networks",
         old.client_networks == new.client_networks,

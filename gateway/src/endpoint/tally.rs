@@ -26,6 +26,8 @@ pub struct Drops {
     pub no_session: AtomicU64,
     /// For a session whose queue was full.
     pub queue_full: AtomicU64,
+    /// When a forged source was last warned about (Unix seconds).
+    pub spoof_warned: AtomicU64,
 }
 
 /// Why connection attempts fail, as few labels as tell them apart.
@@ -103,6 +105,8 @@ pub struct Tally {
     /// Times conntrack events were lost because the flow log fell behind
     /// (the kernel reported a full socket buffer).
     pub flow_log_overruns: AtomicU64,
+    /// Flow starts not logged: over their session's `flow_log_rate`.
+    pub flow_log_suppressed: AtomicU64,
     /// From accepting a connection to admitting its client, in seconds.
     pub(super) handshake: Histogram,
 }
@@ -118,6 +122,7 @@ impl Default for Tally {
             reloads_applied: AtomicU64::default(),
             reloads_refused: AtomicU64::default(),
             flow_log_overruns: AtomicU64::default(),
+            flow_log_suppressed: AtomicU64::default(),
             // 5 ms .. 10 s.
             handshake: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
         }

@@ -29,8 +29,11 @@ const CTA_ID: u16 = 12;
 const CTA_COUNTERS_PACKETS: u16 = 1;
 const CTA_COUNTERS_BYTES: u16 = 2;
 /// Room for bursts of events while the log is written: past it the kernel
-/// drops events and the socket reports ENOBUFS (counted).
-const RECEIVE_BUFFER: usize = 8 << 20;
+/// drops events and the socket reports ENOBUFS (counted). Each event is
+/// its own buffer of about 1 KiB in the kernel's accounting, so this holds
+/// some 60,000: a client's flood of new flows (tens of thousands a second)
+/// on a busy host. Only what is queued is charged.
+const RECEIVE_BUFFER: usize = 64 << 20;
 /// Lost events are counted each time, and logged at most this often.
 const OVERRUN_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -62,9 +65,27 @@ pub fn run(socket: Socket, ep: Arc<Endpoint>, log: Arc<JsonLog>) {
     let mut tracker = FlowTracker::default();
     let mut buf = vec![0u8; 1 << 16];
     let mut warned: Option<Instant> = None;
+    // Summaries are due even while no event comes.
+    let wake = nix::sys::time::TimeVal::new(1, 0);
+    if let Err(e) = nix::sys::socket::setsockopt(
+        &socket.as_fd(),
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &wake,
+    ) {
+        warn!(error = %e, "conntrack events: no receive timeout (summaries wait for events)");
+    }
     loop {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        tracker.budgets.set_rate(ep.config().flow_log_rate);
+        for line in tracker.budgets.summaries(now) {
+            log.write(&line);
+        }
+        ep.tally
+            .flow_log_suppressed
+            .store(tracker.suppressed(), Ordering::Relaxed);
         let n = match socket.recv(&mut &mut buf[..], 0) {
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                 ep.tally.flow_log_overruns.fetch_add(1, Ordering::Relaxed);
                 // Under a sustained flood, one line per interval.

@@ -2,7 +2,8 @@
 //! deterministic byte stream and reports who connected, and a fetcher that
 //! checks the stream byte for byte; with `--upload` the fetcher sends and
 //! the source checks; a flood of bare TCP connects; a flood of OpenVPN
-//! resets over UDP. All stop by themselves.
+//! resets over UDP; UDP datagrams to many ports (one flow each). All stop
+//! by themselves.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -186,6 +187,42 @@ fn reset_flood(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// spray --to IP --flows N --rate PER_SECOND: one UDP datagram to each
+/// of N distinct (source port, destination port) pairs, paced; prints how
+/// many were sent.
+fn spray(args: &[String]) -> Result<(), String> {
+    let to: std::net::Ipv4Addr = arg(args, "--to")
+        .ok_or("--to missing")?
+        .parse()
+        .map_err(|e| format!("--to: {e}"))?;
+    let flows = num(args, "--flows", 1000);
+    let rate = num(args, "--rate", 10_000).max(1);
+    // 50,000 destination ports per source socket.
+    let per_socket = 50_000u64;
+    let sockets: Vec<std::net::UdpSocket> = (0..flows.div_ceil(per_socket))
+        .map(|_| std::net::UdpSocket::bind("0.0.0.0:0"))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bind: {e}"))?;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    for i in 0..flows {
+        let socket = &sockets[(i / per_socket) as usize];
+        let port = 10_000 + (i % per_socket) as u16;
+        if socket.send_to(b"flow", (to, port)).is_ok() {
+            sent += 1;
+        }
+        if i % 100 == 99 {
+            let due = start + Duration::from_secs_f64((i + 1) as f64 / rate as f64);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+    }
+    println!(
+        "sprayed {sent} flows in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
@@ -193,7 +230,8 @@ fn main() -> ExitCode {
         Some("fetch") => fetch(&args),
         Some("flood") => flood(&args),
         Some("reset-flood") => reset_flood(&args),
-        _ => Err("usage: cvpn-e2e-helper serve|fetch|flood|reset-flood ...".into()),
+        Some("spray") => spray(&args),
+        _ => Err("usage: cvpn-e2e-helper serve|fetch|flood|reset-flood|spray ...".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
