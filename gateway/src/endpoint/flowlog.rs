@@ -385,8 +385,45 @@ mod tests {
     }
 
     #[test]
+    fn flows_over_budget_get_no_lines_but_are_summarized() {
+        let mut t = FlowTracker::default();
+        t.budgets.set_rate(1);
+        let start = |t: &mut FlowTracker, id: u32| {
+            t.line(
+                FlowEvent::Start {
+                    id,
+                    flow: flow(40_000 + id as u16),
+                },
+                100,
+                alice,
+            )
+        };
+        let logged = (0..10).filter(|&id| start(&mut t, id).is_some()).count();
+        assert_eq!(logged, 4, "the burst of a rate of 1");
+        assert_eq!(t.suppressed(), 6);
+        let end = FlowEvent::End {
+            id: 9,
+            flow: flow(40_009),
+            packets: 2,
+            bytes: 120,
+        };
+        assert!(
+            t.line(end, 101, alice).is_none(),
+            "no end line without a start line"
+        );
+        let summary = t.budgets.summaries(110);
+        assert_eq!(summary.len(), 1);
+        assert_eq!(
+            (summary[0]["flows"].as_u64(), summary[0]["packets"].as_u64()),
+            (Some(6), Some(2))
+        );
+        assert_eq!(summary[0]["bytes"], 120);
+    }
+
+    #[test]
     fn the_table_is_bounded() {
         let mut t = FlowTracker::default();
+        t.budgets.set_rate(1_000_000);
         for id in 0..MAX_TRACKED_FLOWS as u32 + 10 {
             assert!(
                 t.line(FlowEvent::Start { id, flow: flow(1) }, 0, alice)
