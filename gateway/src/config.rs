@@ -342,6 +342,7 @@ impl Config {
     }
 }
 
+mod networks;
 mod validate;
 
 use validate::Validator;
