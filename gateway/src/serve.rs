@@ -111,6 +111,7 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     if netsetup::clear_stale()? {
         info!("removed the nftables table left by a previous run");
     }
+    let _state = netsetup::lock_state_dir(&config.state_dir)?;
     let _ = std::fs::remove_file(&config.control_socket);
     let enis = netsetup::eni_addresses(&config.target_networks).await?;
     let listener = TcpListener::bind(config.listen)

@@ -141,3 +141,31 @@ fn pushed_dns_resolves_a_private_name() {
         original
     );
 }
+
+/// Two gateways on one host (different network namespaces) may not share
+/// a state directory: the second is refused, naming it, and touches
+/// nothing.
+#[test]
+fn a_state_dir_in_use_is_refused() {
+    let first = Testbed::new("statedir1", 1);
+    let second = Testbed::new("statedir2", 1);
+    let config = first.write_config("", ALL_USERS);
+    let _gw = first.start_gateway(&config);
+    let other = second.write_config("", ALL_USERS);
+    let shared = first.path("state").display().to_string();
+    let text = std::fs::read_to_string(&other)
+        .unwrap()
+        .replace(&second.path("state").display().to_string(), &shared);
+    std::fs::write(&other, text).unwrap();
+    let out = cvpn_e2e::run(
+        in_ns(&second.gateway, &cvpn_e2e::bin("cvpn-gw"))
+            .args(["serve", "--config"])
+            .arg(&other),
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains(&shared) && said.contains("another live cvpn-gw"),
+        "{said}"
+    );
+    assert_clean(&second.gateway, "after the refusal");
+}

@@ -37,6 +37,11 @@ pub enum SetupError {
         .pid.map(|p| format!(" (pid {p})")).unwrap_or_default(), .lock.display()
     )]
     Running { pid: Option<u32>, lock: PathBuf },
+    #[error(
+        "state_dir {}: another live cvpn-gw{} uses it (its lease table); give each gateway its own",
+        .dir.display(), .pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    StateDirInUse { pid: Option<u32>, dir: PathBuf },
     #[error("{}: {source}", .path.display())]
     Lock {
         path: PathBuf,
@@ -90,9 +95,41 @@ fn lock_path(dir: &Path) -> Result<PathBuf, SetupError> {
 /// host is touched; fails, naming the holder's pid, if a gateway holds it.
 pub fn lock_instance(dir: &Path) -> Result<InstanceLock, SetupError> {
     let path = lock_path(dir)?;
-    let io = |source| SetupError::Lock {
-        path: path.clone(),
-        source,
+    lock(dir, &path).map_err(|held| match held {
+        Held::By(pid) => SetupError::Running { pid, lock: path },
+        Held::Failed(e) => e,
+    })
+}
+
+/// Takes the lock of `state_dir` (`state_dir/cvpn-gw.lock`): two gateways
+/// on one host (in different network namespaces) sharing a state
+/// directory would overwrite each other's lease table.
+pub fn lock_state_dir(state_dir: &Path) -> Result<InstanceLock, SetupError> {
+    let path = state_dir.join("cvpn-gw.lock");
+    lock(state_dir, &path).map_err(|held| match held {
+        Held::By(pid) => SetupError::StateDirInUse {
+            pid,
+            dir: state_dir.to_path_buf(),
+        },
+        Held::Failed(e) => e,
+    })
+}
+
+/// Why a lock was not taken.
+enum Held {
+    /// Another process holds it (its pid, if it wrote one).
+    By(Option<u32>),
+    Failed(SetupError),
+}
+
+/// Locks `path` (in `dir`, created if needed) exclusively for the
+/// process's lifetime and writes our pid into it.
+fn lock(dir: &Path, path: &Path) -> Result<InstanceLock, Held> {
+    let io = |source| {
+        Held::Failed(SetupError::Lock {
+            path: path.to_path_buf(),
+            source,
+        })
     };
     std::fs::create_dir_all(dir).map_err(io)?;
     let mut file = OpenOptions::new()
@@ -102,17 +139,14 @@ pub fn lock_instance(dir: &Path) -> Result<InstanceLock, SetupError> {
         .truncate(false)
         .mode(0o644)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
+        .open(path)
         .map_err(io)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
             let mut text = String::new();
             let _ = file.read_to_string(&mut text);
-            return Err(SetupError::Running {
-                pid: text.trim().parse().ok(),
-                lock: path,
-            });
+            return Err(Held::By(text.trim().parse().ok()));
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
     }
