@@ -3,12 +3,13 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use cvpn_gw::config::digest::differing;
 use cvpn_gw::config::{Config, RouteTarget};
 use cvpn_gw::export::{ProfileParts, render_profile};
 use cvpn_gw::policy::Policy;
 use cvpn_gw::protocol::openvpn::tls_crypt::StaticKey;
 use cvpn_gw::tls::CrlHealth;
-use cvpn_proto::text::Untrusted;
+use cvpn_proto::text::{Untrusted, untrusted};
 use serde_json::Value;
 
 /// Prints the admin socket's answer to `connections`: as JSON, or a table.
@@ -237,4 +238,85 @@ pub fn tls_crypt_key(out: &Path) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// `cluster status`: the live nodes and whether their policies agree
+/// (false: they differ, and the keys were printed).
+pub async fn cluster_status(config: &Config) -> Result<bool> {
+    let Some(cluster) = &config.cluster else {
+        bail!("{}: no [cluster] in this configuration", "cluster status");
+    };
+    let nodes = cvpn_gw::cluster::nodes::list(cluster).await?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let rows: Vec<[String; 6]> = nodes
+        .iter()
+        .map(|n| {
+            [
+                untrusted(&n.node).to_string(),
+                untrusted(&n.advertise).to_string(),
+                untrusted(&n.version).to_string(),
+                n.sessions.to_string(),
+                format!("{}s ago", now.saturating_sub(n.heartbeat).max(0)),
+                untrusted(&n.policy_digest).to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "NODE",
+            "ADVERTISE",
+            "VERSION",
+            "SESSIONS",
+            "HEARTBEAT",
+            "POLICY",
+        ],
+        &rows,
+    );
+    println!(
+        "{} live node(s) under {} in etcd ({})",
+        nodes.len(),
+        cluster.prefix,
+        cluster.etcd.join(", ")
+    );
+    let mut agree = true;
+    if let Some(first) = nodes.first() {
+        for other in &nodes[1..] {
+            let keys = differing(&first.policy, &other.policy);
+            if !keys.is_empty() {
+                agree = false;
+                println!(
+                    "policy differs: {} and {}: {}",
+                    untrusted(&first.node),
+                    untrusted(&other.node),
+                    keys.iter()
+                        .map(|k| untrusted(k).to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+    }
+    Ok(agree)
+}
+
+/// Prints rows under a header, each column as wide as its widest cell.
+fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
 }

@@ -59,6 +59,19 @@ struct RawConfig {
     authorization_rules: Vec<RawRule>,
     #[serde(default)]
     client_networks: Vec<RawClientNetwork>,
+    cluster: Option<RawCluster>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    node: String,
+    etcd: Vec<String>,
+    advertise: String,
+    prefix: Option<String>,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -172,6 +185,27 @@ impl TargetNetwork {
     }
 }
 
+/// `[cluster]`: this gateway is one node of an endpoint whose shared
+/// state is in etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cluster {
+    /// This gateway's name, unique in the cluster.
+    pub node: String,
+    /// The etcd members' client URLs.
+    pub etcd: Vec<String>,
+    /// How clients reach this node (`HOST:PORT`).
+    pub advertise: String,
+    /// Every key of this endpoint starts with it.
+    pub prefix: String,
+    /// TLS to etcd: the CA that signed the members' certificates.
+    pub etcd_ca: Option<PathBuf>,
+    /// TLS to etcd: this node's client certificate and key.
+    pub etcd_identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// The default key prefix of a cluster.
+pub const DEFAULT_CLUSTER_PREFIX: &str = "/cvpn/";
+
 /// A network behind one client (a site; OpenVPN's iroute): routed to the
 /// session of its certificate, which may send from it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,6 +303,11 @@ pub struct Config {
     pub target_networks: Vec<TargetNetwork>,
     /// Networks behind clients (sites).
     pub client_networks: Vec<ClientNetwork>,
+    /// One endpoint on several gateways (None: this gateway alone).
+    pub cluster: Option<Cluster>,
+    /// The digest of each policy key of the file (node-local keys left
+    /// out): what a cluster's nodes compare.
+    pub policy_keys: std::collections::BTreeMap<String, String>,
     /// The effective route table: `associate` routes first, then the
     /// client networks', then the file's.
     pub routes: Vec<Route>,
@@ -314,7 +353,8 @@ impl Config {
         let raw: RawConfig = toml::from_str(text)
             .map_err(|e| vec![(String::new(), e.to_string().trim().to_string())])?;
         let mut v = Validator::default();
-        let config = v.config(raw, base);
+        let mut config = v.config(raw, base);
+        config.policy_keys = digest::key_digests(text).unwrap_or_default();
         if v.problems.is_empty() {
             Ok(config)
         } else {
@@ -342,6 +382,8 @@ impl Config {
     }
 }
 
+mod cluster;
+pub mod digest;
 mod networks;
 mod validate;
 

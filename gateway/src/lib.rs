@@ -5,6 +5,7 @@
 //! (configuration, policy, ICMP replies, protocol state) is unit-tested
 //! without root.
 
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod endpoint;

@@ -97,6 +97,11 @@ enum Command {
         #[arg(long, default_value = cvpn_gw::config::DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
     },
+    /// The endpoint's cluster (with [cluster])
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// End connections, by id or by certificate common name
     Terminate {
         /// The endpoint's control socket
@@ -108,6 +113,17 @@ enum Command {
         /// Every session of this certificate common name
         #[arg(long)]
         cn: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The cluster's live nodes; exits 1, naming the keys, when their
+    /// policies differ
+    Status {
+        /// The endpoint's configuration file (TOML), with [cluster]
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -184,6 +200,16 @@ fn run(cli: Cli) -> Result<()> {
             ))?;
             for log in v["reopened"].as_array().into_iter().flatten() {
                 println!("reopened {}", log.as_str().unwrap_or("?"));
+            }
+            Ok(())
+        }
+        Command::Cluster {
+            command: ClusterCommand::Status { config },
+        } => {
+            let config = Config::load(&config)?;
+            let agree = runtime()?.block_on(commands::cluster_status(&config))?;
+            if !agree {
+                std::process::exit(1);
             }
             Ok(())
         }

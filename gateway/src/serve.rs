@@ -255,6 +255,7 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     info!(listen = %ep.config().listen, client_cidr = %ep.config().client_cidr, tun = TUN_NAME,
           eni = ?enis, "endpoint up");
 
+    let registry = crate::cluster::start(ep.clone(), Arc::new(Default::default()));
     let mut tasks = tokio::task::JoinSet::new();
     let stop_packets = Arc::new(std::sync::atomic::AtomicBool::new(false));
     match &udp {
@@ -307,6 +308,10 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     while !ep.sessions.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some((stop, task)) = registry {
+        let _ = stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
     }
     stop_packets.store(true, std::sync::atomic::Ordering::Relaxed);
     tasks.abort_all();

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod checks;
+pub mod etcd;
 pub mod netns;
 pub mod openvpn;
 pub mod testbed;

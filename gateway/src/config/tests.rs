@@ -353,3 +353,33 @@ fn aliased_networks_may_share_a_vpc_cidr() {
         "{p:?}"
     );
 }
+
+#[test]
+fn cluster_table() {
+    let with = |table: &str| format!("{GOOD}\n[cluster]\n{table}");
+    let c = parse(&with(
+        "node = \"gw-a\"\netcd = [\"http://10.0.9.11:2379\", \"https://etcd.example:2379\"]\nadvertise = \"vpn-a.example.com:443\"\netcd_ca = \"etcd/ca.crt\"\n",
+    ))
+    .unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.prefix, DEFAULT_CLUSTER_PREFIX);
+    assert_eq!(
+        cluster.etcd_ca,
+        Some(PathBuf::from("/etc/cvpn/etcd/ca.crt"))
+    );
+    assert!(parse(GOOD).unwrap().cluster.is_none());
+    let p = problems(&with(
+        "node = \"gw a\"\netcd = [\"10.0.9.11:2379\"]\nadvertise = \"vpn\"\nprefix = \"cvpn\"\netcd_cert = \"c.pem\"\n",
+    ));
+    for key in [
+        "cluster.node",
+        "cluster.etcd",
+        "cluster.advertise",
+        "cluster.prefix",
+        "cluster.etcd_cert",
+    ] {
+        assert!(p.iter().any(|(k, _)| k == key), "{key}: {p:?}");
+    }
+    let p = problems(&with("node = \"a\"\netcd = []\nadvertise = \"h:1\"\n"));
+    assert!(p.iter().any(|(k, _)| k == "cluster.etcd"), "{p:?}");
+}

@@ -162,6 +162,8 @@ impl Validator {
             },
             target_networks: targets,
             client_networks,
+            cluster: raw.cluster.map(|c| self.cluster(c, &resolve)),
+            policy_keys: Default::default(),
             routes,
             rules,
         }

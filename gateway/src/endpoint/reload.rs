@@ -52,6 +52,7 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     // Turning it on also changes a sysctl the host set-up records.
     check("flow_log", old.flow_log == new.flow_log);
     check("metrics_listen", old.metrics_listen == new.metrics_listen);
+    check("cluster", old.cluster == new.cluster);
     // The nftables table is built from the interfaces and ENI addresses.
     let host = |c: &Config| {
         c.target_networks

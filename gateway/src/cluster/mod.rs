@@ -1,0 +1,45 @@
+//! One endpoint on several gateways: the shared state in etcd. Without
+//! `[cluster]` none of this runs.
+
+pub mod nodes;
+pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use crate::config::digest::policy_digest;
+use crate::endpoint::Endpoint;
+use nodes::NodeRecord;
+
+/// This gateway's record as the registry publishes it now.
+pub fn record_of(ep: &Endpoint) -> Option<NodeRecord> {
+    let config = ep.config();
+    let cluster = config.cluster.as_ref()?;
+    Some(NodeRecord {
+        node: cluster.node.clone(),
+        advertise: cluster.advertise.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        policy_digest: policy_digest(&config.policy_keys),
+        policy: config.policy_keys.clone(),
+        sessions: ep.sessions.len() as u64,
+        heartbeat: time::OffsetDateTime::now_utc().unix_timestamp(),
+    })
+}
+
+/// Starts keeping this gateway registered in its cluster (nothing
+/// without `[cluster]`); sending `true` on the returned channel stops it
+/// and revokes the registration (await the handle).
+pub fn start(
+    ep: Arc<Endpoint>,
+    up: Arc<AtomicBool>,
+) -> Option<(
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let cluster = ep.config().cluster.clone()?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let fallback = record_of(&ep)?;
+    let record = move || record_of(&ep).unwrap_or_else(|| fallback.clone());
+    let task = tokio::spawn(nodes::keep_registered(cluster, record, up, stopped));
+    Some((stop, task))
+}

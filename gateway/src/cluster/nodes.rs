@@ -1,0 +1,141 @@
+//! The node registry: each gateway keeps a record of itself under
+//! `PREFIX nodes/NODE`, bound to an etcd lease it keeps alive (TTL 10 s),
+//! so a dead gateway vanishes from the cluster within the TTL and a
+//! stopping one at once (it revokes its lease).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{GetOptions, PutOptions};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::store::{self, StoreError};
+use crate::config::Cluster;
+
+/// The lease of a node's keys: it is gone this long after it stops
+/// renewing.
+pub const LEASE_TTL: i64 = 10;
+/// How often the lease is renewed and the record rewritten.
+pub const HEARTBEAT: Duration = Duration::from_secs(3);
+
+/// What a node says of itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// `[cluster] node`.
+    pub node: String,
+    /// `[cluster] advertise`: how clients reach it.
+    pub advertise: String,
+    /// The gateway's version.
+    pub version: String,
+    /// The digest of its whole policy.
+    pub policy_digest: String,
+    /// Each policy key's digest (see `policy::key_digests`).
+    pub policy: BTreeMap<String, String>,
+    /// Its live sessions.
+    pub sessions: u64,
+    /// When it last wrote this (Unix seconds).
+    pub heartbeat: i64,
+}
+
+fn node_key(cluster: &Cluster, node: &str) -> String {
+    format!("{}nodes/{node}", cluster.prefix)
+}
+
+/// Every live node's record, sorted by name; records that do not parse
+/// are skipped (another version's, or damage).
+pub async fn list(cluster: &Cluster) -> Result<Vec<NodeRecord>, StoreError> {
+    let mut client = store::connect(cluster).await?;
+    let prefix = format!("{}nodes/", cluster.prefix);
+    let resp = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| store::etcd_error(cluster, e))?;
+    let mut nodes: Vec<NodeRecord> = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+        .collect();
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(nodes)
+}
+
+/// Keeps this node's record in etcd for as long as the process runs:
+/// `record` is asked for the current record at each heartbeat. `up` says
+/// whether the store answered the last heartbeat. Reconnects (and
+/// re-registers under a new lease) by itself after a store outage.
+pub async fn keep_registered(
+    cluster: Cluster,
+    record: impl Fn() -> NodeRecord,
+    up: Arc<AtomicBool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let current = Mutex::new(None);
+    let mut was_up = true;
+    loop {
+        let outcome = tokio::select! {
+            r = register_once(&cluster, &record, &up, &current) => r,
+            _ = stop.changed() => break,
+        };
+        up.store(false, Ordering::Relaxed);
+        if let Err(e) = outcome
+            && was_up
+        {
+            warn!(error = %e, "cluster store unavailable; retrying");
+        }
+        was_up = false;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    // Stopping: the node's keys go at once rather than at the TTL.
+    let held = current.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some((mut client, lease)) = held {
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
+    }
+}
+
+/// One registration: a lease (kept in `current` for the revocation at
+/// stop), then the record rewritten and the lease renewed every
+/// heartbeat until the store fails.
+async fn register_once(
+    cluster: &Cluster,
+    record: &impl Fn() -> NodeRecord,
+    up: &AtomicBool,
+    current: &Mutex<Option<(etcd_client::Client, i64)>>,
+) -> Result<(), StoreError> {
+    let e = |source| store::etcd_error(cluster, source);
+    let mut client = store::connect(cluster).await?;
+    let lease = client.lease_grant(LEASE_TTL, None).await.map_err(e)?.id();
+    *current.lock().unwrap_or_else(|p| p.into_inner()) = Some((client.clone(), lease));
+    let (mut keeper, mut acks) = client.lease_keep_alive(lease).await.map_err(e)?;
+    let key = node_key(cluster, &cluster.node);
+    info!(node = %cluster.node, lease, "registered in the cluster");
+    loop {
+        let value = serde_json::to_vec(&record()).unwrap_or_default();
+        client
+            .put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(e)?;
+        keeper.keep_alive().await.map_err(e)?;
+        match tokio::time::timeout(store::REQUEST_TIMEOUT, acks.message()).await {
+            Ok(Ok(Some(ack))) if ack.ttl() > 0 => {}
+            Ok(Err(err)) => return Err(e(err)),
+            // Expired (TTL 0), the stream ended, or no answer in time.
+            _ => {
+                return Err(e(etcd_client::Error::LeaseKeepAliveError(
+                    "the lease was not renewed".into(),
+                )));
+            }
+        }
+        up.store(true, Ordering::Relaxed);
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+}

@@ -1,0 +1,72 @@
+//! The connection to the cluster's etcd: the members of `[cluster] etcd`,
+//! with TLS when configured, and short timeouts so that a store outage is
+//! seen in seconds.
+
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+
+use crate::config::Cluster;
+
+/// How long connecting to etcd may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the store could not be reached or read.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A TLS file of `[cluster]` could not be read.
+    #[error("cluster.{key}: {path}: {source}")]
+    TlsFile {
+        key: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    /// etcd answered with an error, or not at all.
+    #[error("etcd ({endpoints}): {source}")]
+    Etcd {
+        endpoints: String,
+        source: etcd_client::Error,
+    },
+}
+
+fn read(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(|source| StoreError::TlsFile {
+        key,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Connects to the cluster's etcd members.
+pub async fn connect(cluster: &Cluster) -> Result<Client, StoreError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(CONNECT_TIMEOUT)
+        .with_timeout(REQUEST_TIMEOUT)
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+    if cluster.etcd_ca.is_some() || cluster.etcd_identity.is_some() {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &cluster.etcd_ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read("etcd_ca", ca)?));
+        }
+        if let Some((cert, key)) = &cluster.etcd_identity {
+            tls = tls.identity(Identity::from_pem(
+                read("etcd_cert", cert)?,
+                read("etcd_key", key)?,
+            ));
+        }
+        options = options.with_tls(tls);
+    }
+    Client::connect(&cluster.etcd, Some(options))
+        .await
+        .map_err(|source| etcd_error(cluster, source))
+}
+
+/// An etcd error, naming the members asked.
+pub fn etcd_error(cluster: &Cluster, source: etcd_client::Error) -> StoreError {
+    StoreError::Etcd {
+        endpoints: cluster.etcd.join(","),
+        source,
+    }
+}

@@ -1,0 +1,112 @@
+//! Three etcd members (Debian's etcd-server) in a namespace of their own,
+//! on a bridge that gateways' namespaces join: the store of the cluster
+//! tests. Members stop (SIGTERM, then SIGKILL) when dropped.
+
+use std::time::{Duration, Instant};
+
+use crate::netns::{Netns, Proc, in_ns, sh, sh_ok};
+
+/// The members' addresses on the store's bridge.
+pub const MEMBERS: [&str; 3] = ["10.0.9.11", "10.0.9.12", "10.0.9.13"];
+
+pub struct Etcd {
+    /// The store's namespace.
+    pub ns: String,
+    pub members: Vec<Proc>,
+    _data: tempfile::TempDir,
+    joined: usize,
+}
+
+impl Etcd {
+    /// Starts three members in a new namespace of `netns` and waits until
+    /// the cluster is healthy.
+    pub fn start(netns: &mut Netns) -> Etcd {
+        let ns = netns.add("etcd");
+        sh_ok(
+            &ns,
+            "ip link add br0 type bridge && ip addr add 10.0.9.1/24 dev br0 && \
+             ip link set br0 up && ip link set lo up",
+        );
+        for m in MEMBERS {
+            sh_ok(&ns, &format!("ip addr add {m}/24 dev br0"));
+        }
+        let data = tempfile::tempdir().expect("tempdir");
+        let cluster: Vec<String> = MEMBERS
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("m{i}=http://{m}:2380"))
+            .collect();
+        let members = MEMBERS
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let mut cmd = in_ns(&ns, std::path::Path::new("etcd"));
+                cmd.args(["--name", &format!("m{i}")])
+                    .arg("--data-dir")
+                    .arg(data.path().join(format!("m{i}")))
+                    .args(["--listen-client-urls", &format!("http://{m}:2379")])
+                    .args(["--advertise-client-urls", &format!("http://{m}:2379")])
+                    .args(["--listen-peer-urls", &format!("http://{m}:2380")])
+                    .args(["--initial-advertise-peer-urls", &format!("http://{m}:2380")])
+                    .args(["--initial-cluster", &cluster.join(",")])
+                    .args(["--initial-cluster-state", "new"])
+                    .args(["--initial-cluster-token", "cvpn-test"]);
+                Proc::spawn(&format!("etcd m{i}"), cmd)
+            })
+            .collect();
+        let etcd = Etcd {
+            ns,
+            members,
+            _data: data,
+            joined: 0,
+        };
+        etcd.wait_healthy(30);
+        etcd
+    }
+
+    /// The client URLs, as `[cluster] etcd` lists them.
+    pub fn urls(&self) -> Vec<String> {
+        MEMBERS.iter().map(|m| format!("http://{m}:2379")).collect()
+    }
+
+    /// Waits (at most `secs`) until a member says the cluster is healthy.
+    pub fn wait_healthy(&self, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let out = sh(
+                &self.ns,
+                &format!("curl -s -m 2 http://{}:2379/health", MEMBERS[0]),
+            );
+            if String::from_utf8_lossy(&out.stdout).contains("\"health\":\"true\"") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd not healthy within {secs} s:\n{}",
+                self.members
+                    .iter()
+                    .map(|m| m.output())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Connects namespace `ns` to the store's bridge with `addr`.
+    pub fn join(&mut self, ns: &str, addr: &str) {
+        self.joined += 1;
+        let (outside, inside) = (format!("et{}", self.joined), "etcd0");
+        sh_ok(
+            &self.ns,
+            &format!(
+                "ip link add {outside} type veth peer name {inside} netns {ns} && \
+                 ip link set {outside} master br0 up"
+            ),
+        );
+        sh_ok(
+            ns,
+            &format!("ip addr add {addr}/24 dev {inside} && ip link set {inside} up"),
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! One endpoint on several gateways over etcd (three members of Debian's
+//! etcd-server): each gateway registers itself under a lease it keeps
+//! alive; `cluster status` lists the live nodes and flags a node whose
+//! policy differs, naming the key; a stopped gateway leaves the cluster
+//! at once, a killed one within the lease's TTL.
+
+use std::time::{Duration, Instant};
+
+use cvpn_e2e::etcd::Etcd;
+use cvpn_e2e::netns::{in_ns, sh_ok};
+use cvpn_e2e::testbed::Testbed;
+
+const RULES: &str = "[[authorization_rules]]\ndestination = \"0.0.0.0/0\"\n";
+
+fn cluster_table(node: &str, advertise: &str, etcd: &Etcd) -> String {
+    let urls: Vec<String> = etcd.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        "[cluster]\nnode = \"{node}\"\nadvertise = \"{advertise}\"\netcd = [{}]\n",
+        urls.join(", ")
+    )
+}
+
+/// `cluster status` run in `ns` with `config`: (exit code, output).
+fn status(ns: &str, config: &std::path::Path) -> (i32, String) {
+    let out = cvpn_e2e::run(
+        in_ns(ns, &cvpn_e2e::bin("cvpn-gw"))
+            .args(["cluster", "status", "--config"])
+            .arg(config),
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Polls `cluster status` (at most `secs`) until `done` says yes.
+fn status_until(
+    ns: &str,
+    config: &std::path::Path,
+    secs: u64,
+    done: impl Fn(i32, &str) -> bool,
+) -> (i32, String, Duration) {
+    let start = Instant::now();
+    loop {
+        let (code, out) = status(ns, config);
+        if done(code, &out) || start.elapsed() > Duration::from_secs(secs) {
+            return (code, out, start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn lists(out: &str, node: &str) -> bool {
+    out.lines().any(|l| l.starts_with(&format!("{node} ")))
+}
+
+#[test]
+fn nodes_register_and_status_flags_a_differing_policy() {
+    let mut a = Testbed::new("clus-a", 1);
+    let b = Testbed::new("clus-b", 1);
+    let mut etcd = Etcd::start(&mut a.netns);
+    etcd.join(&a.gateway, "10.0.9.21");
+    etcd.join(&b.gateway, "10.0.9.22");
+
+    let config_a = a.write_config(&cluster_table("gw-a", "198.18.0.1:443", &etcd), RULES);
+    // gw-b has one more rule: its policy differs in that key alone.
+    let config_b = b.write_config(
+        &cluster_table("gw-b", "198.18.100.1:443", &etcd),
+        &format!("{RULES}\n[[authorization_rules]]\ndestination = \"10.20.0.0/16\"\naccess_group = \"ops\"\n"),
+    );
+    let _gw_a = a.start_gateway(&config_a);
+    let mut gw_b = b.start_gateway(&config_b);
+
+    let (code, out, _) = status_until(&a.gateway, &config_a, 15, |_, o| {
+        lists(o, "gw-a") && lists(o, "gw-b")
+    });
+    assert!(lists(&out, "gw-a") && lists(&out, "gw-b"), "{out}");
+    assert!(out.contains("198.18.100.1:443"), "{out}");
+    assert_eq!(code, 1, "differing policies: {out}");
+    assert!(
+        out.contains("policy differs: gw-a and gw-b: authorization_rules"),
+        "{out}"
+    );
+
+    // A stopped gateway revokes its lease: gone at once, and the rest
+    // agree.
+    assert_eq!(gw_b.stop(), 0, "{}", gw_b.output());
+    let (code, out, took) =
+        status_until(&a.gateway, &config_a, 5, |c, o| c == 0 && !lists(o, "gw-b"));
+    assert!(code == 0 && !lists(&out, "gw-b"), "{out}");
+    eprintln!("a stopped node left the registry in {took:?}");
+
+    // A killed gateway vanishes within the lease's TTL (10 s).
+    let mut gw_b = b.start_gateway(&config_b);
+    let (_, out, _) = status_until(&a.gateway, &config_a, 15, |_, o| lists(o, "gw-b"));
+    assert!(lists(&out, "gw-b"), "{out}");
+    gw_b.signal("KILL");
+    let killed = Instant::now();
+    let (_, out, _) = status_until(&a.gateway, &config_a, 20, |_, o| !lists(o, "gw-b"));
+    assert!(!lists(&out, "gw-b"), "{out}");
+    let gone = killed.elapsed();
+    assert!(gone <= Duration::from_secs(15), "gone after {gone:?}");
+    eprintln!("a killed node left the registry in {gone:?}");
+    let _ = gw_b.wait(5);
+    sh_ok(&b.gateway, "true");
+}
