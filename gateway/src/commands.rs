@@ -18,25 +18,37 @@ pub fn print_connections(v: &Value, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!(
-        "{:<28} {:<20} {:<15} {:<22} {:<12} {:>12} {:>12}",
-        "CONNECTION ID", "COMMON NAME", "CLIENT IP", "DEVICE", "PROTOCOL", "INGRESS B", "EGRESS B"
+    // A common name is whatever the CA signed: escape it so it cannot
+    // drive the terminal. Columns are as wide as their widest cell.
+    let rows: Vec<[String; 7]> = v["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let s = |k: &str| Untrusted::capped(c[k].as_str().unwrap_or(""), 64).to_string();
+            [
+                s("connection-id"),
+                s("common-name"),
+                s("client-ip"),
+                format!("{}:{}", s("device-ip"), s("port")),
+                format!("{}/{}", s("protocol"), s("transport-protocol")),
+                c["ingress-bytes"].to_string(),
+                c["egress-bytes"].to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "CONNECTION ID",
+            "COMMON NAME",
+            "CLIENT IP",
+            "DEVICE",
+            "PROTOCOL",
+            "INGRESS B",
+            "EGRESS B",
+        ],
+        &rows,
     );
-    for c in v["connections"].as_array().into_iter().flatten() {
-        // A common name is whatever the CA signed: escape it so it
-        // cannot drive the terminal.
-        let s = |k: &str| Untrusted::capped(c[k].as_str().unwrap_or(""), 64).to_string();
-        println!(
-            "{:<28} {:<20} {:<15} {:<22} {:<12} {:>12} {:>12}",
-            s("connection-id"),
-            s("common-name"),
-            s("client-ip"),
-            format!("{}:{}", s("device-ip"), s("port")),
-            format!("{}/{}", s("protocol"), s("transport-protocol")),
-            c["ingress-bytes"],
-            c["egress-bytes"]
-        );
-    }
     Ok(())
 }
 
@@ -301,7 +313,13 @@ pub async fn cluster_status(config: &Config) -> Result<bool> {
 
 /// Prints rows under a header, each column as wide as its widest cell.
 fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
-    let mut widths = header.map(str::len);
+    print!("{}", table(header, rows));
+}
+
+/// The lines of a table: two spaces between columns, each column as wide
+/// as its widest cell.
+fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -313,10 +331,34 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
             .zip(widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", padded.join("  ").trim_end());
+        format!("{}\n", padded.join("  ").trim_end())
     };
-    line(header.to_vec());
+    let mut out = line(header.to_vec());
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        out += &line(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_columns_stay_aligned_whatever_the_widths() {
+        let rows = [
+            [
+                "cvpn-conn-1".to_string(),
+                "a".repeat(40),
+                "10.250.0.2".into(),
+            ],
+            ["cvpn-conn-2".to_string(), "bo".into(), "10.250.0.3".into()],
+        ];
+        let text = table(&["CONNECTION ID", "COMMON NAME", "CLIENT IP"], &rows);
+        let starts: Vec<usize> = text
+            .lines()
+            .map(|l| l.find("10.250.").or_else(|| l.find("CLIENT IP")).unwrap())
+            .collect();
+        assert!(starts.windows(2).all(|w| w[0] == w[1]), "{text}");
     }
 }

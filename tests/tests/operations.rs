@@ -82,6 +82,7 @@ fn every_option_of_every_command_says_what_it_does() {
     ] {
         missing.extend(undocumented("cvpn-gw", &[sub]));
     }
+    missing.extend(undocumented("cvpn-gw", &["cluster", "status"]));
     missing.extend(undocumented("cvpn-client", &["connect"]));
     missing.extend(undocumented("cvpn-load", &[]));
     for sub in [
