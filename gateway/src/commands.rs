@@ -18,15 +18,14 @@ pub fn print_connections(v: &Value, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    // A common name is whatever the CA signed: escape it so it cannot
-    // drive the terminal. Columns are as wide as their widest cell.
-    let rows: Vec<[String; 7]> = v["connections"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let conns: Vec<&Value> = v["connections"].as_array().into_iter().flatten().collect();
+    // With [cluster], each session says on which node it is.
+    let clustered = conns.iter().any(|c| c.get("node").is_some());
+    let rows: Vec<Vec<String>> = conns
+        .iter()
         .map(|c| {
             let s = |k: &str| Untrusted::capped(c[k].as_str().unwrap_or(""), 64).to_string();
-            [
+            let mut row = vec![
                 s("connection-id"),
                 s("common-name"),
                 s("client-ip"),
@@ -34,21 +33,28 @@ pub fn print_connections(v: &Value, json: bool) -> Result<()> {
                 format!("{}/{}", s("protocol"), s("transport-protocol")),
                 c["ingress-bytes"].to_string(),
                 c["egress-bytes"].to_string(),
-            ]
+            ];
+            if clustered {
+                row.push(s("node"));
+            }
+            row
         })
         .collect();
-    print_table(
-        &[
-            "CONNECTION ID",
-            "COMMON NAME",
-            "CLIENT IP",
-            "DEVICE",
-            "PROTOCOL",
-            "INGRESS B",
-            "EGRESS B",
-        ],
-        &rows,
-    );
+    let mut header = vec![
+        "CONNECTION ID",
+        "COMMON NAME",
+        "CLIENT IP",
+        "DEVICE",
+        "PROTOCOL",
+        "INGRESS B",
+        "EGRESS B",
+    ];
+    if clustered {
+        header.push("NODE");
+    }
+    // A common name is whatever the CA signed: escaped above so it
+    // cannot drive the terminal; columns as wide as their widest cell.
+    print_table(&header, &rows);
     Ok(())
 }
 
@@ -260,10 +266,10 @@ pub async fn cluster_status(config: &Config) -> Result<bool> {
     };
     let nodes = cvpn_gw::cluster::nodes::list(cluster).await?;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let rows: Vec<[String; 6]> = nodes
+    let rows: Vec<Vec<String>> = nodes
         .iter()
         .map(|n| {
-            [
+            vec![
                 untrusted(&n.node).to_string(),
                 untrusted(&n.advertise).to_string(),
                 untrusted(&n.version).to_string(),
@@ -312,14 +318,14 @@ pub async fn cluster_status(config: &Config) -> Result<bool> {
 }
 
 /// Prints rows under a header, each column as wide as its widest cell.
-fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
     print!("{}", table(header, rows));
 }
 
 /// The lines of a table: two spaces between columns, each column as wide
 /// as its widest cell.
-fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
-    let mut widths = header.map(|h| h.chars().count());
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -328,8 +334,8 @@ fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let line = |cells: Vec<&str>| {
         let padded: Vec<String> = cells
             .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .zip(&widths)
+            .map(|(c, &w)| format!("{c:<w$}"))
             .collect();
         format!("{}\n", padded.join("  ").trim_end())
     };
@@ -347,12 +353,12 @@ mod tests {
     #[test]
     fn table_columns_stay_aligned_whatever_the_widths() {
         let rows = [
-            [
+            vec![
                 "cvpn-conn-1".to_string(),
                 "a".repeat(40),
                 "10.250.0.2".into(),
             ],
-            ["cvpn-conn-2".to_string(), "bo".into(), "10.250.0.3".into()],
+            vec!["cvpn-conn-2".to_string(), "bo".into(), "10.250.0.3".into()],
         ];
         let text = table(&["CONNECTION ID", "COMMON NAME", "CLIENT IP"], &rows);
         let starts: Vec<usize> = text

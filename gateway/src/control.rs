@@ -103,13 +103,14 @@ async fn answer(ep: Arc<Endpoint>, stream: UnixStream) -> std::io::Result<()> {
 fn handle(ep: &Endpoint, req: Request) -> Value {
     match req {
         Request::Connections => {
+            let node = ep.config().cluster.as_ref().map(|c| c.node.clone());
             let list: Vec<Value> = ep
                 .sessions
                 .all()
                 .iter()
                 .map(|s| {
                     let c = &s.counters;
-                    json!({
+                    let mut v = json!({
                         "connection-id": s.connection_id,
                         "common-name": s.common_name,
                         "client-ip": s.address.to_string(),
@@ -123,7 +124,11 @@ fn handle(ep: &Endpoint, req: Request) -> Value {
                         "egress-bytes": c.egress_bytes.load(Ordering::Relaxed),
                         "ingress-packets": c.ingress_packets.load(Ordering::Relaxed),
                         "egress-packets": c.egress_packets.load(Ordering::Relaxed),
-                    })
+                    });
+                    if let (Some(node), Some(m)) = (&node, v.as_object_mut()) {
+                        m.insert("node".into(), node.clone().into());
+                    }
+                    v
                 })
                 .collect();
             let d = &ep.drops;

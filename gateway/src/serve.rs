@@ -255,7 +255,7 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     info!(listen = %ep.config().listen, client_cidr = %ep.config().client_cidr, tun = TUN_NAME,
           eni = ?enis, "endpoint up");
 
-    let registry = crate::cluster::start(ep.clone(), Arc::new(Default::default()));
+    let registry = crate::cluster::start(ep.clone());
     let mut tasks = tokio::task::JoinSet::new();
     let stop_packets = Arc::new(std::sync::atomic::AtomicBool::new(false));
     match &udp {

@@ -66,7 +66,13 @@ fn nodes_register_and_status_flags_a_differing_policy() {
     etcd.join(&a.gateway, "10.0.9.21");
     etcd.join(&b.gateway, "10.0.9.22");
 
-    let config_a = a.write_config(&cluster_table("gw-a", "198.18.0.1:443", &etcd), RULES);
+    let config_a = a.write_config(
+        &format!(
+            "metrics_listen = \"127.0.0.1:9477\"\n{}",
+            cluster_table("gw-a", "198.18.0.1:443", &etcd)
+        ),
+        RULES,
+    );
     // gw-b has one more rule: its policy differs in that key alone.
     let config_b = b.write_config(
         &cluster_table("gw-b", "198.18.100.1:443", &etcd),
@@ -84,6 +90,36 @@ fn nodes_register_and_status_flags_a_differing_policy() {
     assert!(
         out.contains("policy differs: gw-a and gw-b: authorization_rules"),
         "{out}"
+    );
+
+    // A node's sessions, connection log and metrics say which node.
+    let profile = a.client_profile("carol", &[], 0);
+    let _carol = a.connect(0, &profile);
+    assert_eq!(a.connections()["connections"][0]["node"], "gw-a");
+    let table = cvpn_e2e::ok(
+        std::process::Command::new(cvpn_e2e::bin("cvpn-gw"))
+            .args(["connections", "--control"])
+            .arg(a.control_socket()),
+    );
+    assert!(
+        table.lines().next().is_some_and(|h| h.ends_with("NODE"))
+            && table.lines().nth(1).is_some_and(|l| l.ends_with("gw-a")),
+        "{table}"
+    );
+    let log = cvpn_e2e::checks::connection_log(&a);
+    assert!(log.iter().all(|r| r["node"] == "gw-a"), "{log:?}");
+    // Counted at each heartbeat (every 3 s).
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let metrics = loop {
+        let m = sh_ok(&a.gateway, "curl -s http://127.0.0.1:9477/metrics");
+        if m.contains("cvpn_cluster_nodes 2") || Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        metrics.contains("cvpn_cluster_store_up 1") && metrics.contains("cvpn_cluster_nodes 2"),
+        "{metrics}"
     );
 
     // A stopped gateway revokes its lease: gone at once, and the rest

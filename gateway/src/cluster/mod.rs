@@ -5,7 +5,7 @@ pub mod nodes;
 pub mod store;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering;
 
 use crate::config::digest::policy_digest;
 use crate::endpoint::Endpoint;
@@ -31,7 +31,6 @@ pub fn record_of(ep: &Endpoint) -> Option<NodeRecord> {
 /// and revokes the registration (await the handle).
 pub fn start(
     ep: Arc<Endpoint>,
-    up: Arc<AtomicBool>,
 ) -> Option<(
     tokio::sync::watch::Sender<bool>,
     tokio::task::JoinHandle<()>,
@@ -39,7 +38,15 @@ pub fn start(
     let cluster = ep.config().cluster.clone()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let fallback = record_of(&ep)?;
-    let record = move || record_of(&ep).unwrap_or_else(|| fallback.clone());
-    let task = tokio::spawn(nodes::keep_registered(cluster, record, up, stopped));
+    let (ep2, ep3) = (ep.clone(), ep);
+    let record = move || record_of(&ep2).unwrap_or_else(|| fallback.clone());
+    let report = move |up: bool, nodes: Option<u64>| {
+        let state = &ep3.cluster_state;
+        state.store_up.store(up, Ordering::Relaxed);
+        if let Some(n) = nodes {
+            state.nodes.store(n, Ordering::Relaxed);
+        }
+    };
+    let task = tokio::spawn(nodes::keep_registered(cluster, record, report, stopped));
     Some((stop, task))
 }

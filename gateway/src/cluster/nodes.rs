@@ -4,8 +4,7 @@
 //! stopping one at once (it revokes its lease).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use etcd_client::{GetOptions, PutOptions};
@@ -63,23 +62,24 @@ pub async fn list(cluster: &Cluster) -> Result<Vec<NodeRecord>, StoreError> {
 }
 
 /// Keeps this node's record in etcd for as long as the process runs:
-/// `record` is asked for the current record at each heartbeat. `up` says
-/// whether the store answered the last heartbeat. Reconnects (and
-/// re-registers under a new lease) by itself after a store outage.
+/// `record` is asked for the current record at each heartbeat; `report`
+/// is told after each whether the store answered and how many nodes are
+/// live. Reconnects (and re-registers under a new lease) by itself after
+/// a store outage.
 pub async fn keep_registered(
     cluster: Cluster,
     record: impl Fn() -> NodeRecord,
-    up: Arc<AtomicBool>,
+    report: impl Fn(bool, Option<u64>),
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let current = Mutex::new(None);
     let mut was_up = true;
     loop {
         let outcome = tokio::select! {
-            r = register_once(&cluster, &record, &up, &current) => r,
+            r = register_once(&cluster, &record, &report, &current) => r,
             _ = stop.changed() => break,
         };
-        up.store(false, Ordering::Relaxed);
+        report(false, None);
         if let Err(e) = outcome
             && was_up
         {
@@ -104,7 +104,7 @@ pub async fn keep_registered(
 async fn register_once(
     cluster: &Cluster,
     record: &impl Fn() -> NodeRecord,
-    up: &AtomicBool,
+    report: &impl Fn(bool, Option<u64>),
     current: &Mutex<Option<(etcd_client::Client, i64)>>,
 ) -> Result<(), StoreError> {
     let e = |source| store::etcd_error(cluster, source);
@@ -135,7 +135,15 @@ async fn register_once(
                 )));
             }
         }
-        up.store(true, Ordering::Relaxed);
+        let live = client
+            .get(
+                format!("{}nodes/", cluster.prefix),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
+            .await
+            .map_err(e)?
+            .count();
+        report(true, u64::try_from(live).ok());
         tokio::time::sleep(HEARTBEAT).await;
     }
 }

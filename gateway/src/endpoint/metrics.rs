@@ -34,6 +34,9 @@ pub struct Snapshot<'a> {
     /// Seconds until the CRL's next update (negative: expired), if the
     /// endpoint has one.
     pub crl_seconds_to_expiry: Option<i64>,
+    /// With `[cluster]`: whether the store answered the last heartbeat,
+    /// and the live nodes then.
+    pub cluster: Option<(bool, u64)>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -197,6 +200,20 @@ pub fn render(s: &Snapshot) -> String {
             secs,
         );
     }
+    if let Some((up, nodes)) = s.cluster {
+        gauge(
+            &mut r,
+            "cluster_store_up",
+            "1 if the cluster's etcd answered this node's last heartbeat",
+            i64::from(up),
+        );
+        gauge(
+            &mut r,
+            "cluster_nodes",
+            "Live nodes of the cluster at this node's last heartbeat",
+            nodes as i64,
+        );
+    }
     r.register(
         "handshake_duration_seconds",
         "From a connection's first byte to its client's admission",
@@ -262,6 +279,7 @@ mod tests {
         let drops = Drops::default();
         drops.denied.fetch_add(7, Ordering::Relaxed);
         let text = render(&Snapshot {
+            cluster: Some((true, 3)),
             tally: &tally,
             drops: &drops,
             active: &[

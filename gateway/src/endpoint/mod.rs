@@ -121,6 +121,8 @@ pub struct Endpoint {
     pub drops: Drops,
     /// Flows opened into client networks, which their sites may answer.
     pub inbound: inbound::InboundFlows,
+    /// The cluster as this node last saw it (with `[cluster]`).
+    pub cluster_state: tally::ClusterState,
     /// Connection attempts and ended sessions' traffic.
     pub tally: Tally,
     /// The gateway's own address in the client CIDR.
@@ -163,6 +165,7 @@ impl Endpoint {
             handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES_IN_PROGRESS)),
             drops: Drops::default(),
             inbound: Default::default(),
+            cluster_state: Default::default(),
             tally: Tally::default(),
             gateway_addr: leases.gateway_address(),
             leases: Mutex::new(leases),
@@ -223,20 +226,30 @@ impl Endpoint {
     pub fn log(&self, record: &Record) {
         self.tally.count(&record.event);
         if let Some(l) = &self.connlog {
-            let mut line = record.to_json();
-            // A site's sessions name the networks they carry.
-            let config = self.config();
-            let carried: Vec<String> = config
-                .client_networks
-                .iter()
-                .filter(|n| record.common_name.as_deref() == Some(n.common_name.as_str()))
-                .map(|n| n.cidr.to_string())
-                .collect();
-            if let (false, Some(m)) = (carried.is_empty(), line.as_object_mut()) {
+            l.write(&self.log_line(record));
+        }
+    }
+
+    /// A record's line: its fields, and those of this endpoint (the
+    /// client networks a site's sessions carry, the cluster node).
+    fn log_line(&self, record: &Record) -> serde_json::Value {
+        let mut line = record.to_json();
+        let config = self.config();
+        let carried: Vec<String> = config
+            .client_networks
+            .iter()
+            .filter(|n| record.common_name.as_deref() == Some(n.common_name.as_str()))
+            .map(|n| n.cidr.to_string())
+            .collect();
+        if let Some(m) = line.as_object_mut() {
+            if !carried.is_empty() {
                 m.insert("client-networks".into(), carried.join(",").into());
             }
-            l.write(&line);
+            if let Some(c) = &config.cluster {
+                m.insert("node".into(), c.node.clone().into());
+            }
         }
+        line
     }
 
     /// Logs a refused attempt of a client that presented a certificate.
@@ -303,7 +316,7 @@ impl Endpoint {
                 warn!(device_ip = %r.device.ip(), reason = %untrusted(reason), "connection attempts refused");
             }
             if let Some(l) = &self.connlog {
-                l.write(&r.to_json());
+                l.write(&self.log_line(&r));
             }
         }
     }

@@ -30,6 +30,15 @@ pub struct Drops {
     pub spoof_warned: AtomicU64,
 }
 
+/// What this node knows of its cluster (with `[cluster]`).
+#[derive(Default)]
+pub struct ClusterState {
+    /// The store answered the last heartbeat.
+    pub store_up: std::sync::atomic::AtomicBool,
+    /// Live nodes at the last heartbeat.
+    pub nodes: AtomicU64,
+}
+
 /// Why connection attempts fail, as few labels as tell them apart.
 pub const FAILURE_REASONS: [&str; 11] = [
     "certificate_revoked",
