@@ -255,6 +255,9 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     info!(listen = %ep.config().listen, client_cidr = %ep.config().client_cidr, tun = TUN_NAME,
           eni = ?enis, "endpoint up");
 
+    if let Some(cluster) = ep.config().cluster.clone() {
+        ep.set_shared_leases(Box::new(crate::cluster::leases::EtcdLeases::new(cluster)));
+    }
     let registry = crate::cluster::start(ep.clone());
     let mut tasks = tokio::task::JoinSet::new();
     let stop_packets = Arc::new(std::sync::atomic::AtomicBool::new(false));

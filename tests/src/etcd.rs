@@ -31,28 +31,8 @@ impl Etcd {
             sh_ok(&ns, &format!("ip addr add {m}/24 dev br0"));
         }
         let data = tempfile::tempdir().expect("tempdir");
-        let cluster: Vec<String> = MEMBERS
-            .iter()
-            .enumerate()
-            .map(|(i, m)| format!("m{i}=http://{m}:2380"))
-            .collect();
-        let members = MEMBERS
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let mut cmd = in_ns(&ns, std::path::Path::new("etcd"));
-                cmd.args(["--name", &format!("m{i}")])
-                    .arg("--data-dir")
-                    .arg(data.path().join(format!("m{i}")))
-                    .args(["--listen-client-urls", &format!("http://{m}:2379")])
-                    .args(["--advertise-client-urls", &format!("http://{m}:2379")])
-                    .args(["--listen-peer-urls", &format!("http://{m}:2380")])
-                    .args(["--initial-advertise-peer-urls", &format!("http://{m}:2380")])
-                    .args(["--initial-cluster", &cluster.join(",")])
-                    .args(["--initial-cluster-state", "new"])
-                    .args(["--initial-cluster-token", "cvpn-test"]);
-                Proc::spawn(&format!("etcd m{i}"), cmd)
-            })
+        let members = (0..MEMBERS.len())
+            .map(|i| spawn_member(&ns, data.path(), i))
             .collect();
         let etcd = Etcd {
             ns,
@@ -62,6 +42,21 @@ impl Etcd {
         };
         etcd.wait_healthy(30);
         etcd
+    }
+
+    /// Stops every member (SIGTERM): the store is down.
+    pub fn stop_all(&mut self) {
+        for m in &mut self.members {
+            m.stop();
+        }
+    }
+
+    /// Starts every member again on its data and waits until healthy.
+    pub fn start_all(&mut self) {
+        self.members = (0..MEMBERS.len())
+            .map(|i| spawn_member(&self.ns, self._data.path(), i))
+            .collect();
+        self.wait_healthy(30);
     }
 
     /// The client URLs, as `[cluster] etcd` lists them.
@@ -109,4 +104,27 @@ impl Etcd {
             &format!("ip addr add {addr}/24 dev {inside} && ip link set {inside} up"),
         );
     }
+}
+
+/// Starts member `i` in `ns` with its data under `data` (a restart finds
+/// its data and ignores the initial-cluster flags).
+fn spawn_member(ns: &str, data: &std::path::Path, i: usize) -> Proc {
+    let cluster: Vec<String> = MEMBERS
+        .iter()
+        .enumerate()
+        .map(|(j, m)| format!("m{j}=http://{m}:2380"))
+        .collect();
+    let m = MEMBERS[i];
+    let mut cmd = in_ns(ns, std::path::Path::new("etcd"));
+    cmd.args(["--name", &format!("m{i}")])
+        .arg("--data-dir")
+        .arg(data.join(format!("m{i}")))
+        .args(["--listen-client-urls", &format!("http://{m}:2379")])
+        .args(["--advertise-client-urls", &format!("http://{m}:2379")])
+        .args(["--listen-peer-urls", &format!("http://{m}:2380")])
+        .args(["--initial-advertise-peer-urls", &format!("http://{m}:2380")])
+        .args(["--initial-cluster", &cluster.join(",")])
+        .args(["--initial-cluster-state", "new"])
+        .args(["--initial-cluster-token", "cvpn-test"]);
+    Proc::spawn(&format!("etcd m{i}"), cmd)
 }

@@ -144,3 +144,65 @@ fn nodes_register_and_status_flags_a_differing_policy() {
     let _ = gw_b.wait(5);
     sh_ok(&b.gateway, "true");
 }
+
+/// gw-b's configuration with gw-a's PKI (one CA and server identity for
+/// the endpoint), so one profile reaches either node.
+fn shared_pki_config(a: &Testbed, b: &Testbed, top: &str) -> std::path::PathBuf {
+    let path = b.write_config(top, RULES);
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        &b.pki.dir.display().to_string(),
+        &a.pki.dir.display().to_string(),
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// An identity keeps one address across the cluster, and no address goes
+/// to two identities on two nodes; with the whole store down, sessions
+/// keep forwarding and new clients are refused for now, then admitted
+/// once it is back.
+#[test]
+fn one_address_per_identity_across_nodes() {
+    let mut a = Testbed::new("clad-a", 2);
+    let b = Testbed::new("clad-b", 2);
+    let mut etcd = Etcd::start(&mut a.netns);
+    etcd.join(&a.gateway, "10.0.9.21");
+    etcd.join(&b.gateway, "10.0.9.22");
+    let config_a = a.write_config(&cluster_table("gw-a", "198.18.0.1:443", &etcd), RULES);
+    let config_b = shared_pki_config(&a, &b, &cluster_table("gw-b", "198.18.0.1:443", &etcd));
+    let _gw_a = a.start_gateway(&config_a);
+    let _gw_b = b.start_gateway(&config_b);
+
+    let carol = a.client_profile("carol", &[], 0);
+    let mut carol_on_a = a.connect(0, &carol);
+    let x = a.addresses()["carol"].clone();
+    // gw-b alone would give dave the first free address, carol's.
+    a.pki.ok(&["issue", "client", "dave"]);
+    let dave = a.export_profile("dave", 0);
+    let _dave_on_b = b.connect(0, &dave);
+    let y = b.addresses()["dave"].clone();
+    assert_ne!(x, y, "two identities, one address");
+    // carol moves to gw-b: the same address.
+    carol_on_a.stop();
+    let _carol_on_b = b.connect(1, &carol);
+    assert_eq!(b.addresses()["carol"], x, "carol's address follows her");
+    cvpn_e2e::checks::reaches(&b.clients[1], cvpn_e2e::testbed::TARGET);
+
+    // The store down: sessions forward, a new client is refused for now.
+    etcd.stop_all();
+    a.pki.ok(&["issue", "client", "erin"]);
+    let erin = a.export_profile("erin", 1);
+    let mut refused = a.spawn_client(1, &erin);
+    refused.wait(20);
+    assert!(
+        refused.output().contains("cluster store unavailable"),
+        "{}",
+        refused.output()
+    );
+    cvpn_e2e::checks::reaches(&b.clients[1], cvpn_e2e::testbed::TARGET);
+    etcd.start_all();
+    let back = Instant::now();
+    let _erin = a.connect(1, &erin);
+    eprintln!("admitted {:?} after the store returned", back.elapsed());
+    assert!(back.elapsed() < Duration::from_secs(10));
+}

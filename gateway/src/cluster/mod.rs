@@ -1,6 +1,7 @@
 //! One endpoint on several gateways: the shared state in etcd. Without
 //! `[cluster]` none of this runs.
 
+pub mod leases;
 pub mod nodes;
 pub mod store;
 

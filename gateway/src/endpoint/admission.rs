@@ -9,7 +9,11 @@ use std::time::Duration;
 use cvpn_proto::text::untrusted;
 use tracing::{info, warn};
 
-use super::Endpoint;
+use super::{Claim, Endpoint, SharedLeases};
+
+/// Claims tried before an admission gives up (each loses only to another
+/// node's admission of the same moment).
+const CLAIM_ATTEMPTS: usize = 8;
 use super::lease::{self, Leases};
 use super::pool::Pool;
 use super::session::Session;
@@ -75,13 +79,67 @@ impl Endpoint {
         if self.sessions.len() >= max as usize {
             return Err(format!("the endpoint is at max_connections ({max})"));
         }
-        match self.leases().assign(common_name) {
-            Some(address) => Ok(Admitted {
-                address,
-                _guard: guard,
-            }),
-            None => Err("no free address in client_cidr".into()),
+        let address = match self.shared_leases.get() {
+            Some(shared) => self.assign_shared(shared.as_ref(), common_name).await?,
+            None => self
+                .leases()
+                .assign(common_name)
+                .ok_or_else(|| "no free address in client_cidr".to_string())?,
+        };
+        Ok(Admitted {
+            address,
+            _guard: guard,
+        })
+    }
+
+    /// An address for `common_name` that the cluster's shared leases
+    /// agree to: its leased one, or a free one claimed for it. A store
+    /// that does not answer admits no one (never a second holder).
+    async fn assign_shared(
+        &self,
+        shared: &dyn SharedLeases,
+        common_name: &str,
+    ) -> Result<Ipv4Addr, String> {
+        let unavailable = |e: String| {
+            warn!(error = %e, "cluster store unavailable: refusing a client for now");
+            "cluster store unavailable (try again shortly)".to_string()
+        };
+        let mut leased = shared.leased(common_name).await.map_err(unavailable)?;
+        for _ in 0..CLAIM_ATTEMPTS {
+            let candidate = match leased {
+                Some(a) => self
+                    .leases()
+                    .assign_exact(common_name, a)
+                    .ok_or_else(|| format!("its address {a} is still in use on this gateway"))?,
+                None => self
+                    .leases()
+                    .assign(common_name)
+                    .ok_or_else(|| "no free address in client_cidr".to_string())?,
+            };
+            let answer = shared.claim(common_name, candidate).await;
+            let claim = match answer {
+                Ok(c) => c,
+                Err(e) => {
+                    self.leases().release(candidate);
+                    return Err(unavailable(e));
+                }
+            };
+            match claim {
+                Claim::Claimed => return Ok(candidate),
+                Claim::YoursIs(a) => {
+                    self.leases().release(candidate);
+                    leased = Some(a);
+                }
+                Claim::HeldBy(holder) => {
+                    let mut leases = self.leases();
+                    leases.release(candidate);
+                    if !holder.is_empty() {
+                        leases.note_holder(candidate, &holder);
+                    }
+                }
+            }
         }
+        Err("no address could be claimed in the cluster (try again shortly)".into())
     }
 
     /// Registers an admitted client's session and logs its start; the

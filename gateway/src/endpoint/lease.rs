@@ -120,6 +120,32 @@ impl Leases {
         Some(addr)
     }
 
+    /// `addr` for `identity` exactly (a cluster leased it so): taken from
+    /// the pool and leased here too. None: it is in use on this gateway.
+    pub fn assign_exact(&mut self, identity: &str, addr: Ipv4Addr) -> Option<Ipv4Addr> {
+        if !self.pool.is_host(addr) || !self.pool.take(addr) {
+            return None;
+        }
+        self.note_holder(addr, identity);
+        Some(addr)
+    }
+
+    /// Records that `identity` holds the lease on `addr` (learnt from a
+    /// cluster): `assign` then avoids it for others.
+    pub fn note_holder(&mut self, addr: Ipv4Addr, identity: &str) {
+        if self.holder.get(&addr).is_some_and(|h| h == identity) {
+            return;
+        }
+        if let Some(previous) = self.holder.insert(addr, identity.to_string()) {
+            self.by_identity.remove(&previous);
+        }
+        if let Some(old) = self.by_identity.insert(identity.to_string(), addr) {
+            self.holder.remove(&old);
+            self.holder.insert(addr, identity.to_string());
+        }
+        self.dirty = true;
+    }
+
     /// Returns `addr` to the pool; its lease stays for the next session.
     pub fn release(&mut self, addr: Ipv4Addr) {
         self.pool.release(addr);

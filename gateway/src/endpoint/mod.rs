@@ -137,6 +137,36 @@ pub struct Endpoint {
     /// Brings the host (routes, nftables table) in line with a reloaded
     /// configuration's client networks.
     host: std::sync::OnceLock<HostSetup>,
+    /// A cluster's shared leases (None: this gateway's own table alone).
+    shared_leases: std::sync::OnceLock<Box<dyn SharedLeases>>,
+}
+
+/// The answer to a claim of an address in a cluster's shared leases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The address is the identity's (now, or already).
+    Claimed,
+    /// Another identity holds the address (empty: it changed meanwhile).
+    HeldBy(String),
+    /// The identity already holds this other address.
+    YoursIs(Ipv4Addr),
+}
+
+/// A lease table shared by several gateways (a cluster's): admission
+/// asks it before giving an identity an address. Errors say why the store
+/// could not answer (the client is then refused for now).
+pub trait SharedLeases: Send + Sync {
+    /// The address the cluster leased to `identity`, if any.
+    fn leased<'a>(
+        &'a self,
+        identity: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Ipv4Addr>, String>>;
+    /// Claims `addr` for `identity`, if neither is leased otherwise.
+    fn claim<'a>(
+        &'a self,
+        identity: &'a str,
+        addr: Ipv4Addr,
+    ) -> futures::future::BoxFuture<'a, Result<Claim, String>>;
 }
 
 /// Applies a configuration's client networks to the host; Err: why not
@@ -179,7 +209,13 @@ impl Endpoint {
             reloading: Mutex::new(()),
             routes_generation: Default::default(),
             host: Default::default(),
+            shared_leases: Default::default(),
         }
+    }
+
+    /// Makes admission claim addresses in a cluster's shared leases (once).
+    pub fn set_shared_leases(&self, leases: Box<dyn SharedLeases>) {
+        let _ = self.shared_leases.set(leases);
     }
 
     /// Sets how a reload applies new client networks to the host (once).
