@@ -9,6 +9,33 @@ use super::*;
 const MAX_ETCD_MEMBERS: usize = 16;
 
 impl Validator {
+    /// In a cluster, traffic back to a client must find the node holding
+    /// it: SNAT makes each node's flows return to it, but `snat = false`
+    /// and client networks would need the target network to route each
+    /// client address to its node, which the cluster does not arrange
+    /// (yet): refused.
+    pub(super) fn cluster_return_traffic(
+        &mut self,
+        targets: &[TargetNetwork],
+        client_networks: &[ClientNetwork],
+    ) {
+        for (i, t) in targets.iter().enumerate().filter(|(_, t)| !t.snat) {
+            self.bad(
+                format!("target_networks[{i}].snat"),
+                format!(
+                    "{}: snat = false is not supported with [cluster] (replies must return to the node holding the client)",
+                    t.id
+                ),
+            );
+        }
+        if !client_networks.is_empty() {
+            self.bad(
+                "client_networks",
+                "not supported with [cluster] (the target networks would have to route each site to its node)",
+            );
+        }
+    }
+
     pub(super) fn cluster(
         &mut self,
         raw: RawCluster,

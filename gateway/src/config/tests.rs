@@ -383,3 +383,24 @@ fn cluster_table() {
     let p = problems(&with("node = \"a\"\netcd = []\nadvertise = \"h:1\"\n"));
     assert!(p.iter().any(|(k, _)| k == "cluster.etcd"), "{p:?}");
 }
+
+#[test]
+fn a_cluster_refuses_what_needs_routes_to_its_nodes() {
+    let cluster =
+        "\n[cluster]\nnode = \"a\"\netcd = [\"http://10.0.9.11:2379\"]\nadvertise = \"h:443\"\n";
+    let p = problems(&format!(
+        "{}{cluster}",
+        GOOD.replace(
+            "vpc_cidr = \"192.168.0.0/16\"",
+            "vpc_cidr = \"192.168.0.0/16\"\nsnat = false"
+        )
+    ));
+    assert!(
+        p.iter().any(|(k, _)| k == "target_networks[0].snat"),
+        "{p:?}"
+    );
+    let p = problems(&format!(
+        "{GOOD}\n[[client_networks]]\ncommon_name = \"s\"\ncidr = \"10.42.0.0/16\"\n{cluster}"
+    ));
+    assert!(p.iter().any(|(k, _)| k == "client_networks"), "{p:?}");
+}

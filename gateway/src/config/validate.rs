@@ -124,6 +124,10 @@ impl Validator {
         let routes = self.routes(raw.routes, &targets, &client_networks, cidr);
         let rules = self.rules(raw.authorization_rules);
         let resolve = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let cluster = raw.cluster.map(|c| {
+            self.cluster_return_traffic(&targets, &client_networks);
+            self.cluster(c, &resolve)
+        });
         Config {
             listen: raw.listen,
             client_cidr: cidr.trunc(),
@@ -162,7 +166,7 @@ impl Validator {
             },
             target_networks: targets,
             client_networks,
-            cluster: raw.cluster.map(|c| self.cluster(c, &resolve)),
+            cluster,
             policy_keys: Default::default(),
             routes,
             rules,
