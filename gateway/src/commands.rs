@@ -12,6 +12,12 @@ use cvpn_gw::tls::CrlHealth;
 use cvpn_proto::text::{Untrusted, untrusted};
 use serde_json::Value;
 
+/// A byte counter's cell: "-" for another node's session (its counters
+/// are that node's).
+fn count(v: &Value) -> String {
+    v.as_u64().map_or_else(|| "-".into(), |n| n.to_string())
+}
+
 /// Prints the admin socket's answer to `connections`: as JSON, or a table.
 pub fn print_connections(v: &Value, json: bool) -> Result<()> {
     if json {
@@ -31,8 +37,8 @@ pub fn print_connections(v: &Value, json: bool) -> Result<()> {
                 s("client-ip"),
                 format!("{}:{}", s("device-ip"), s("port")),
                 format!("{}/{}", s("protocol"), s("transport-protocol")),
-                c["ingress-bytes"].to_string(),
-                c["egress-bytes"].to_string(),
+                count(&c["ingress-bytes"]),
+                count(&c["egress-bytes"]),
             ];
             if clustered {
                 row.push(s("node"));
@@ -51,6 +57,12 @@ pub fn print_connections(v: &Value, json: bool) -> Result<()> {
     ];
     if clustered {
         header.push("NODE");
+    }
+    if let Some(e) = v["cluster-error"].as_str() {
+        eprintln!(
+            "WARNING: this node's sessions only: {}",
+            Untrusted::capped(e, 300)
+        );
     }
     // A common name is whatever the CA signed: escaped above so it
     // cannot drive the terminal; columns as wide as their widest cell.

@@ -93,11 +93,33 @@ async fn answer(ep: Arc<Endpoint>, stream: UnixStream) -> std::io::Result<()> {
         .read_line(&mut line)
         .await?;
     let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Connections) => {
+            let mut reply = handle(&ep, Request::Connections);
+            with_other_nodes(&ep, &mut reply).await;
+            reply
+        }
         Ok(req) => handle(&ep, req),
         Err(e) => json!({ "error": format!("bad request: {e}") }),
     };
     wr.write_all(format!("{reply}\n").as_bytes()).await?;
     wr.shutdown().await
+}
+
+/// Adds the sessions of the cluster's other nodes to a `connections`
+/// reply (with `[cluster]`); if the store does not answer, says so in
+/// `cluster-error` and lists this node's alone.
+async fn with_other_nodes(ep: &Endpoint, reply: &mut Value) {
+    let Some(cluster) = ep.config().cluster.clone() else {
+        return;
+    };
+    match crate::cluster::sessions::others(&cluster, &cluster.node).await {
+        Ok(others) => {
+            if let Some(list) = reply["connections"].as_array_mut() {
+                list.extend(others);
+            }
+        }
+        Err(e) => reply["cluster-error"] = json!(e.to_string()),
+    }
 }
 
 fn handle(ep: &Endpoint, req: Request) -> Value {

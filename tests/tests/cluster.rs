@@ -182,6 +182,23 @@ fn one_address_per_identity_across_nodes() {
     let _dave_on_b = b.connect(0, &dave);
     let y = b.addresses()["dave"].clone();
     assert_ne!(x, y, "two identities, one address");
+    // Either node lists both sessions, each with its node.
+    let listed: Vec<(String, String)> = a.connections()["connections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["common-name"].as_str().unwrap_or("").to_string(),
+                c["node"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        listed.contains(&("carol".into(), "gw-a".into()))
+            && listed.contains(&("dave".into(), "gw-b".into())),
+        "{listed:?}"
+    );
     // carol moves to gw-b: the same address.
     carol_on_a.stop();
     let _carol_on_b = b.connect(1, &carol);

@@ -3,6 +3,7 @@
 
 pub mod leases;
 pub mod nodes;
+pub mod sessions;
 pub mod store;
 
 use std::sync::Arc;
@@ -39,8 +40,28 @@ pub fn start(
     let cluster = ep.config().cluster.clone()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let fallback = record_of(&ep)?;
-    let (ep2, ep3) = (ep.clone(), ep);
+    let node = cluster.node.clone();
+    let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
+    let observer_node = node.clone();
+    ep.set_session_observer(Box::new(move |s, started| {
+        let key = sessions::key(&observer_node, &s.connection_id);
+        let value = started.then(|| sessions::entry(&observer_node, s).to_string().into_bytes());
+        let _ = tx.send((key, value));
+    }));
+    let (ep2, ep3, ep4) = (ep.clone(), ep.clone(), ep);
     let record = move || record_of(&ep2).unwrap_or_else(|| fallback.clone());
+    let entries = move || {
+        ep4.sessions
+            .all()
+            .iter()
+            .map(|s| {
+                (
+                    sessions::key(&node, &s.connection_id),
+                    sessions::entry(&node, s).to_string().into_bytes(),
+                )
+            })
+            .collect()
+    };
     let report = move |up: bool, nodes: Option<u64>| {
         let state = &ep3.cluster_state;
         state.store_up.store(up, Ordering::Relaxed);
@@ -48,6 +69,11 @@ pub fn start(
             state.nodes.store(n, Ordering::Relaxed);
         }
     };
-    let task = tokio::spawn(nodes::keep_registered(cluster, record, report, stopped));
+    let node = nodes::Node {
+        record,
+        entries,
+        changes,
+    };
+    let task = tokio::spawn(nodes::keep_registered(cluster, node, report, stopped));
     Some((stop, task))
 }

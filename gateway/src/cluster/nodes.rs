@@ -39,6 +39,21 @@ pub struct NodeRecord {
     pub heartbeat: i64,
 }
 
+/// Entries to publish under the node's lease as they change: a key
+/// (under the prefix) and its value, or None to delete it.
+pub type Changes = tokio::sync::mpsc::UnboundedReceiver<(String, Option<Vec<u8>>)>;
+
+/// What a node keeps in etcd: its record, its entries (all of them, to
+/// publish at each registration) and their changes in between.
+pub struct Node<R, E> {
+    /// The node's record now.
+    pub record: R,
+    /// Every entry now: (key under the prefix, value).
+    pub entries: E,
+    /// Entries changed since.
+    pub changes: Changes,
+}
+
 fn node_key(cluster: &Cluster, node: &str) -> String {
     format!("{}nodes/{node}", cluster.prefix)
 }
@@ -68,15 +83,20 @@ pub async fn list(cluster: &Cluster) -> Result<Vec<NodeRecord>, StoreError> {
 /// a store outage.
 pub async fn keep_registered(
     cluster: Cluster,
-    record: impl Fn() -> NodeRecord,
+    node: Node<impl Fn() -> NodeRecord, impl Fn() -> Vec<(String, Vec<u8>)>>,
     report: impl Fn(bool, Option<u64>),
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let Node {
+        record,
+        entries,
+        mut changes,
+    } = node;
     let current = Mutex::new(None);
     let mut was_up = true;
     loop {
         let outcome = tokio::select! {
-            r = register_once(&cluster, &record, &report, &current) => r,
+            r = register_once(&cluster, (&record, &entries, &mut changes), &report, &current) => r,
             _ = stop.changed() => break,
         };
         report(false, None);
@@ -86,6 +106,8 @@ pub async fn keep_registered(
             warn!(error = %e, "cluster store unavailable; retrying");
         }
         was_up = false;
+        // All entries are published anew at the next registration.
+        while changes.try_recv().is_ok() {}
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = stop.changed() => break,
@@ -103,7 +125,11 @@ pub async fn keep_registered(
 /// heartbeat until the store fails.
 async fn register_once(
     cluster: &Cluster,
-    record: &impl Fn() -> NodeRecord,
+    (record, entries, changes): (
+        &impl Fn() -> NodeRecord,
+        &impl Fn() -> Vec<(String, Vec<u8>)>,
+        &mut Changes,
+    ),
     report: &impl Fn(bool, Option<u64>),
     current: &Mutex<Option<(etcd_client::Client, i64)>>,
 ) -> Result<(), StoreError> {
@@ -114,6 +140,14 @@ async fn register_once(
     let (mut keeper, mut acks) = client.lease_keep_alive(lease).await.map_err(e)?;
     let key = node_key(cluster, &cluster.node);
     info!(node = %cluster.node, lease, "registered in the cluster");
+    let with_lease = || Some(PutOptions::new().with_lease(lease));
+    for (key, value) in entries() {
+        let key = format!("{}{key}", cluster.prefix);
+        client.put(key, value, with_lease()).await.map_err(e)?;
+    }
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    // The first tick is at once.
+    beat.tick().await;
     loop {
         let value = serde_json::to_vec(&record()).unwrap_or_default();
         client
@@ -144,6 +178,19 @@ async fn register_once(
             .map_err(e)?
             .count();
         report(true, u64::try_from(live).ok());
-        tokio::time::sleep(HEARTBEAT).await;
+        // Entries change as they come, between heartbeats.
+        loop {
+            tokio::select! {
+                _ = beat.tick() => break,
+                change = changes.recv() => {
+                    let Some((key, value)) = change else { break };
+                    let key = format!("{}{key}", cluster.prefix);
+                    match value {
+                        Some(v) => drop(client.put(key, v, with_lease()).await.map_err(e)?),
+                        None => drop(client.delete(key, None).await.map_err(e)?),
+                    }
+                }
+            }
+        }
     }
 }

@@ -150,6 +150,7 @@ impl Endpoint {
             std::sync::atomic::Ordering::Relaxed,
         );
         self.sessions.insert(session.clone());
+        self.observe(&session, true);
         drop(admitted);
         let waited = time::OffsetDateTime::now_utc() - session.started;
         self.tally.session_started(waited.as_seconds_f64());
@@ -169,6 +170,7 @@ impl Endpoint {
         self.sessions.remove(session.address);
         leases.release(session.address);
         drop(leases);
+        self.observe(session, false);
         self.tally
             .session_ended(session.protocol, &session.traffic());
     }

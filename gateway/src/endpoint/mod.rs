@@ -139,7 +139,13 @@ pub struct Endpoint {
     host: std::sync::OnceLock<HostSetup>,
     /// A cluster's shared leases (None: this gateway's own table alone).
     shared_leases: std::sync::OnceLock<Box<dyn SharedLeases>>,
+    /// Told of each session's start (true) and end (false): a cluster
+    /// publishes them.
+    session_observer: std::sync::OnceLock<SessionObserver>,
 }
+
+/// Told of a session's start (true) and end (false).
+pub type SessionObserver = Box<dyn Fn(&session::Session, bool) + Send + Sync>;
 
 /// The answer to a claim of an address in a cluster's shared leases.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,6 +216,19 @@ impl Endpoint {
             routes_generation: Default::default(),
             host: Default::default(),
             shared_leases: Default::default(),
+            session_observer: Default::default(),
+        }
+    }
+
+    /// Sets who is told of sessions starting and ending (once).
+    pub fn set_session_observer(&self, observer: SessionObserver) {
+        let _ = self.session_observer.set(observer);
+    }
+
+    /// Tells the observer, if any, that `session` started or ended.
+    fn observe(&self, session: &session::Session, started: bool) {
+        if let Some(o) = self.session_observer.get() {
+            o(session, started);
         }
     }
 
