@@ -132,23 +132,20 @@ fn handle(ep: &Endpoint, req: Request) -> Value {
                 .iter()
                 .map(|s| {
                     let c = &s.counters;
-                    let mut v = json!({
-                        "connection-id": s.connection_id,
-                        "common-name": s.common_name,
-                        "client-ip": s.address.to_string(),
-                        "device-ip": s.device.ip().to_string(),
-                        "port": s.device.port().to_string(),
-                        "protocol": s.protocol.name(),
-                        "stale-routes": s.routes_generation.load(Ordering::Relaxed) < ep.routes_generation(),
-                        "transport-protocol": if s.udp { "udp" } else { "tcp" },
-                        "connection-start-time": s.started.unix_timestamp(),
-                        "ingress-bytes": c.ingress_bytes.load(Ordering::Relaxed),
-                        "egress-bytes": c.egress_bytes.load(Ordering::Relaxed),
-                        "ingress-packets": c.ingress_packets.load(Ordering::Relaxed),
-                        "egress-packets": c.egress_packets.load(Ordering::Relaxed),
-                    });
-                    if let (Some(node), Some(m)) = (&node, v.as_object_mut()) {
-                        m.insert("node".into(), node.clone().into());
+                    let mut v = s.describe();
+                    let stale =
+                        s.routes_generation.load(Ordering::Relaxed) < ep.routes_generation();
+                    for (key, n) in [
+                        ("ingress-bytes", c.ingress_bytes.load(Ordering::Relaxed)),
+                        ("egress-bytes", c.egress_bytes.load(Ordering::Relaxed)),
+                        ("ingress-packets", c.ingress_packets.load(Ordering::Relaxed)),
+                        ("egress-packets", c.egress_packets.load(Ordering::Relaxed)),
+                    ] {
+                        v[key] = json!(n);
+                    }
+                    v["stale-routes"] = json!(stale);
+                    if let Some(node) = &node {
+                        v["node"] = json!(node);
                     }
                     v
                 })

@@ -18,17 +18,9 @@ pub fn key(node: &str, connection_id: &str) -> String {
 /// What a node publishes of a session: the fields `connections` shows,
 /// but the counters (a node's own sessions show live ones).
 pub fn entry(node: &str, s: &Session) -> Value {
-    json!({
-        "connection-id": s.connection_id,
-        "common-name": s.common_name,
-        "client-ip": s.address.to_string(),
-        "device-ip": s.device.ip().to_string(),
-        "port": s.device.port().to_string(),
-        "protocol": s.protocol.name(),
-        "transport-protocol": if s.udp { "udp" } else { "tcp" },
-        "connection-start-time": s.started.unix_timestamp(),
-        "node": node,
-    })
+    let mut v = s.describe();
+    v["node"] = json!(node);
+    v
 }
 
 /// Every session the cluster's nodes publish, but `except_node`'s.

@@ -218,6 +218,21 @@ impl Session {
         }
     }
 
+    /// Who and where the session is, as `connections` names it (without
+    /// its counters).
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "connection-id": self.connection_id,
+            "common-name": self.common_name,
+            "client-ip": self.address.to_string(),
+            "device-ip": self.device.ip().to_string(),
+            "port": self.device.port().to_string(),
+            "protocol": self.protocol.name(),
+            "transport-protocol": if self.udp { "udp" } else { "tcp" },
+            "connection-start-time": self.started.unix_timestamp(),
+        })
+    }
+
     /// Traffic so far.
     pub fn traffic(&self) -> Traffic {
         self.counters.traffic()
