@@ -63,9 +63,15 @@ pub fn pings_answered(ns: &str, dst: &str, count: u32) -> (u32, String) {
 
 /// The connection log's records so far.
 pub fn connection_log(tb: &Testbed) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(tb.connection_log())
+    json_lines(&tb.connection_log())
+}
+
+/// The JSON objects of a log file, one per line (none if it is absent);
+/// panics naming the file and the line that is not JSON.
+pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{path:?}: {l:?}: {e}")))
         .collect()
 }

@@ -4,6 +4,7 @@
 //! of what it sent), while another client's flows in the same seconds
 //! are all logged.
 
+use cvpn_e2e::checks::json_lines;
 use std::time::{Duration, Instant};
 
 use cvpn_e2e::netns::{Proc, in_ns, sh_ok};
@@ -12,14 +13,6 @@ use serde_json::Value;
 
 const FLOWS: u64 = 100_000;
 const CALM_FLOWS: usize = 30;
-
-fn lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
-}
 
 fn ingress_packets(tb: &Testbed, who: &str) -> u64 {
     tb.connections()["connections"]
@@ -87,13 +80,13 @@ fn one_client_cannot_flood_the_flow_log() {
     };
     let deadline = Instant::now() + Duration::from_secs(40);
     let (logged, summarized) = loop {
-        let (logged, summarized) = counted(&lines(&flows));
+        let (logged, summarized) = counted(&json_lines(&flows));
         if logged + summarized >= opened * 99 / 100 || Instant::now() > deadline {
             break (logged, summarized);
         }
         std::thread::sleep(Duration::from_secs(1));
     };
-    let all = lines(&flows);
+    let all = json_lines(&flows);
     let total = logged + summarized;
     let metrics = sh_ok(&tb.gateway, "curl -s http://127.0.0.1:9477/metrics");
     assert!(

@@ -3,6 +3,7 @@
 //! line whose bytes match what crossed the target's interface; the sysctl
 //! the flow log needs is restored at exit, also after a crash.
 
+use cvpn_e2e::checks::json_lines;
 use std::time::{Duration, Instant};
 
 use cvpn_e2e::checks::connection_log;
@@ -12,14 +13,6 @@ use serde_json::Value;
 
 const ALL_USERS: &str = "[[authorization_rules]]\ndestination = \"0.0.0.0/0\"\n";
 const PORT: u16 = 5003;
-
-fn lines(path: &std::path::Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
-}
 
 /// The flow's bytes as the target's own interface counted them (IP
 /// packets of both directions).
@@ -78,10 +71,10 @@ fn a_flow_is_logged_with_its_user_and_the_port_the_target_saw() {
         .unwrap();
 
     let ours = |l: &Value| l["dstport"] == PORT && l["protocol"] == 6;
-    let start = lines(&flows)
+    let start = json_lines(&flows)
         .into_iter()
         .find(|l| ours(l) && l["flow-log-type"] == "flow-start")
-        .unwrap_or_else(|| panic!("no flow-start line: {:?}", lines(&flows)));
+        .unwrap_or_else(|| panic!("no flow-start line: {:?}", json_lines(&flows)));
     assert_eq!(start["common-name"], "frank");
     assert_eq!(start["srcaddr"], ENI);
     assert_eq!(start["srcport"], port, "{start}");
@@ -96,7 +89,7 @@ fn a_flow_is_logged_with_its_user_and_the_port_the_target_saw() {
     let waited = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(90);
     let end = loop {
-        if let Some(end) = lines(&flows)
+        if let Some(end) = json_lines(&flows)
             .into_iter()
             .find(|l| ours(l) && l["flow-log-type"] == "flow-end")
         {
@@ -105,7 +98,7 @@ fn a_flow_is_logged_with_its_user_and_the_port_the_target_saw() {
         assert!(
             Instant::now() < deadline,
             "no flow-end line: {:?}",
-            lines(&flows)
+            json_lines(&flows)
         );
         std::thread::sleep(Duration::from_millis(250));
     };

@@ -3,6 +3,7 @@
 //! configured names, with every line whole in one file or the other and
 //! none lost; the shipped logrotate configuration passes `logrotate -d`.
 
+use cvpn_e2e::checks::json_lines;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -15,15 +16,6 @@ const ALL_USERS: &str = r#"
 destination = "0.0.0.0/0"
 "#;
 
-/// The JSON lines of `path` (each must be whole).
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{path:?}: {l:?}: {e}")))
-        .collect()
-}
-
 fn has(lines: &[serde_json::Value], key: &str, value: &str, cn: &str) -> bool {
     lines
         .iter()
@@ -34,7 +26,7 @@ fn has(lines: &[serde_json::Value], key: &str, value: &str, cn: &str) -> bool {
 fn wait_line(path: &Path, pred: impl Fn(&[serde_json::Value]) -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if pred(&lines(path)) {
+        if pred(&json_lines(path)) {
             return true;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -104,7 +96,7 @@ fn logs_moved_away_are_reopened_on_request_and_on_sigusr1() {
         "bob"
     )));
 
-    let (c1, c2, c3) = (lines(&conns1), lines(&conns2), lines(&conns));
+    let (c1, c2, c3) = (json_lines(&conns1), json_lines(&conns2), json_lines(&conns));
     assert!(has(&c1, "connection-attempt-status", "successful", "alice"));
     assert!(has(&c2, "connection-attempt-status", "successful", "bob"));
     assert!(has(&c2, "connection-log-type", "connection-reset", "alice"));
@@ -112,7 +104,7 @@ fn logs_moved_away_are_reopened_on_request_and_on_sigusr1() {
     // Nothing lost, nothing twice: two attempts and two ends in all.
     let all: Vec<_> = [c1, c2, c3].concat();
     assert_eq!(all.len(), 4, "{all:?}");
-    let f1 = lines(&flows1);
+    let f1 = json_lines(&flows1);
     assert!(has(&f1, "flow-log-type", "flow-start", "alice"));
     assert!(!has(&f1, "flow-log-type", "flow-start", "bob"));
     let meta = std::fs::metadata(&conns).unwrap();

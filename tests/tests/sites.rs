@@ -102,15 +102,6 @@ fn reload(s: &Site, with_site: bool) {
     );
 }
 
-/// The flow log's lines so far.
-fn flow_lines(tb: &Testbed) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(tb.path("flows.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
-}
-
 /// `bytes` from a server in `server_ns` on `addr` to a fetching client in
 /// `client_ns`, checked byte for byte; returns the address the server saw.
 fn fetch(tb: &Testbed, server_ns: &str, client_ns: &str, addr: &str, seed: u32) -> String {
@@ -240,7 +231,7 @@ fn cvpn_client_routes_a_site() {
             .any(|r| r["common-name"] == "site-b" && r["client-networks"] == SITE_CIDR),
         "{records:?}"
     );
-    let flows = flow_lines(tb);
+    let flows = cvpn_e2e::checks::json_lines(&tb.path("flows.jsonl"));
     let site_flow = |src: &str, dst: &str| {
         flows.iter().any(|f| {
             f["common-name"] == "site-b"
