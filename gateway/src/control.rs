@@ -16,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::endpoint::Endpoint;
+use crate::endpoint::peers::RemoteSession;
 
 /// A request on the admin socket.
 #[derive(Deserialize)]
@@ -98,6 +99,19 @@ async fn answer(ep: Arc<Endpoint>, stream: UnixStream) -> std::io::Result<()> {
             with_other_nodes(&ep, &mut reply).await;
             reply
         }
+        Ok(Request::Terminate {
+            connection_id,
+            common_name,
+        }) => {
+            let ids = (connection_id, common_name);
+            let req = Request::Terminate {
+                connection_id: ids.0.clone(),
+                common_name: ids.1.clone(),
+            };
+            let mut reply = handle(&ep, req);
+            terminate_elsewhere(&ep, ids, &mut reply).await;
+            reply
+        }
         Ok(req) => handle(&ep, req),
         Err(e) => json!({ "error": format!("bad request: {e}") }),
     };
@@ -119,6 +133,51 @@ async fn with_other_nodes(ep: &Endpoint, reply: &mut Value) {
             }
         }
         Err(e) => reply["cluster-error"] = json!(e.to_string()),
+    }
+}
+
+/// Asks the cluster's other nodes (with `[cluster]`) to end the sessions
+/// a `terminate` names, adding them to the reply's `terminated`; if the
+/// store does not answer, says so in `cluster-error`.
+async fn terminate_elsewhere(
+    ep: &Endpoint,
+    (connection_id, common_name): (Option<String>, Option<String>),
+    reply: &mut Value,
+) {
+    let (Some(cluster), Some(others)) = (ep.config().cluster.clone(), ep.other_nodes()) else {
+        return;
+    };
+    let mut found = Vec::new();
+    let mut failed = None;
+    if let Some(cn) = &common_name {
+        match others.sessions_of(cn).await {
+            Ok(s) => found.extend(s),
+            Err(e) => failed = Some(e),
+        }
+    }
+    if let Some(id) = &connection_id {
+        match crate::cluster::sessions::others(&cluster, &cluster.node).await {
+            Ok(list) => found.extend(list.iter().filter(|v| v["connection-id"] == id.as_str()).map(|v| {
+                RemoteSession {
+                    node: v["node"].as_str().unwrap_or_default().to_string(),
+                    connection_id: id.clone(),
+                    started_ns: 0,
+                }
+            })),
+            Err(e) => failed = Some(e.to_string()),
+        }
+    }
+    if !found.is_empty()
+        && let Err(e) = others.terminate(&found, "terminated by the administrator").await
+    {
+        failed = Some(e);
+        found.clear();
+    }
+    if let Some(list) = reply["terminated"].as_array_mut() {
+        list.extend(found.into_iter().map(|r| json!(r.connection_id)));
+    }
+    if let Some(e) = failed {
+        reply["cluster-error"] = json!(e);
     }
 }
 

@@ -221,6 +221,9 @@ fn run(cli: Cli) -> Result<()> {
             let req =
                 json!({"command": "terminate", "connection_id": connection_id, "common_name": cn});
             let v = runtime()?.block_on(control::request(&control, req))?;
+            if let Some(e) = v["cluster-error"].as_str() {
+                eprintln!("WARNING: the cluster's other nodes were not reached: {e}");
+            }
             let ended = v["terminated"].as_array().map(Vec::len).unwrap_or(0);
             if ended == 0 {
                 bail!("no matching connection");

@@ -14,6 +14,7 @@ use crate::config::{Config, TransportProtocol};
 use crate::endpoint::admission::restore_leases;
 use crate::endpoint::jsonlog::JsonLog;
 use crate::endpoint::pool::Pool;
+use crate::endpoint::revocation::{Source, Taken};
 use crate::endpoint::{Endpoint, TUNNEL_MTU};
 use crate::inside::{self, Tun};
 use crate::netsetup::{self, nft};
@@ -255,8 +256,10 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     info!(listen = %ep.config().listen, client_cidr = %ep.config().client_cidr, tun = TUN_NAME,
           eni = ?enis, "endpoint up");
 
-    if let Some(cluster) = ep.config().cluster.clone() {
-        ep.set_shared_leases(Box::new(crate::cluster::leases::EtcdLeases::new(cluster)));
+    if let Some(path) = ep.config().tls.crl.clone() {
+        let der = tls::load_crl(&path)?;
+        ep.take_crl(der.as_ref(), Source::File)
+            .map_err(|why| anyhow!("tls.crl: {}: {why}", path.display()))?;
     }
     let registry = crate::cluster::start(ep.clone());
     let mut tasks = tokio::task::JoinSet::new();
@@ -330,7 +333,8 @@ fn mtime(path: &std::path::Path) -> Option<SystemTime> {
 }
 
 /// Re-reads the CRL when its file changes: new handshakes use it at once,
-/// and sessions of newly revoked certificates end.
+/// sessions of newly revoked certificates end, and a cluster's other
+/// nodes get it.
 async fn crl_watcher(ep: Arc<Endpoint>) -> Result<()> {
     let Some(path) = ep.config().tls.crl.clone() else {
         return std::future::pending().await;
@@ -343,19 +347,20 @@ async fn crl_watcher(ep: Arc<Endpoint>) -> Result<()> {
             continue;
         }
         seen = now;
-        match tls::Acceptor::new(&ep.config().tls) {
-            Ok(c) => ep.tls.store(Arc::new(c)),
-            Err(e) => {
-                warn!(error = %e, "CRL changed but cannot be used; keeping the previous one");
-                continue;
+        let taken = tls::load_crl(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|der| ep.take_crl(der.as_ref(), Source::File));
+        match taken {
+            Ok(Taken::Newer(ended)) => {
+                info!(path = %path.display(), ended, "CRL reloaded");
+                crate::cluster::publish_crl(&ep).await;
             }
+            Ok(Taken::NotNewer) => warn!(
+                path = %path.display(),
+                "CRL changed but is older than the one in force (the cluster's); keeping that one"
+            ),
+            Err(e) => warn!(error = %e, "CRL changed but cannot be used; keeping the previous one"),
         }
-        let revoked = match tls::load_crl(&path).map(|der| cvpn_pki::crl_serials(&der)) {
-            Ok(Ok(s)) => s,
-            _ => continue,
-        };
-        info!(path = %path.display(), revoked = revoked.len(), "CRL reloaded");
-        ep.end_revoked(&revoked);
     }
 }
 

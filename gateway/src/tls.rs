@@ -88,6 +88,16 @@ pub struct Acceptor {
 impl Acceptor {
     /// Reads and checks the TLS files; any unusable file is named.
     pub fn new(files: &TlsFiles) -> Result<Acceptor, TlsError> {
+        let crl = files.crl.as_deref().map(load_crl).transpose()?;
+        Acceptor::with_crl(files, crl)
+    }
+
+    /// The same with `crl` in place of `tls.crl`'s (a cluster's newer
+    /// one).
+    pub fn with_crl(
+        files: &TlsFiles,
+        crl: Option<CertificateRevocationListDer<'static>>,
+    ) -> Result<Acceptor, TlsError> {
         let chain = load_certs(&files.cert)?;
         let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_err(&files.key, e))?;
         let cert =
@@ -97,11 +107,11 @@ impl Acceptor {
             roots.add(ca).map_err(|e| file_err(&files.client_ca, e))?;
         }
         let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
-        if let Some(crl) = &files.crl {
+        if let Some(crl) = crl {
             // An expired CRL refuses every client, as the managed service
             // does: revocation must not silently lapse.
             verifier = verifier
-                .with_crls(vec![load_crl(crl)?])
+                .with_crls(vec![crl])
                 .enforce_revocation_expiration();
         }
         let verifier = verifier
@@ -260,6 +270,22 @@ impl std::fmt::Display for CrlHealth {
             ),
         }
     }
+}
+
+/// A CRL's number (see `cvpn_pki::CrlCheck::number`) and revoked serials,
+/// if it is signed by the client CA. Err: why it cannot be taken.
+pub fn crl_facts(files: &TlsFiles, der: &[u8]) -> Result<(Vec<u8>, Vec<String>), String> {
+    let cas = load_certs(&files.client_ca).map_err(|e| e.to_string())?;
+    let cas: Vec<&[u8]> = cas.iter().map(|c| c.as_ref()).collect();
+    let check = cvpn_pki::check_crl(der, &cas).map_err(|e| format!("not a CRL: {e}"))?;
+    if !check.signed_by_ca {
+        return Err(format!(
+            "not signed by the client CA {}",
+            files.client_ca.display()
+        ));
+    }
+    let revoked = cvpn_pki::crl_serials(der).map_err(|e| format!("not a CRL: {e}"))?;
+    Ok((check.number, revoked))
 }
 
 /// Checks the CRL against the client CA before the endpoint relies on it.

@@ -151,6 +151,9 @@ pub struct CrlCheck {
     pub next_update: Option<OffsetDateTime>,
     /// Its signature verifies with one of the CA certificates given.
     pub signed_by_ca: bool,
+    /// Its CRL number, big-endian without leading zeros (empty: none or
+    /// zero): of two CRLs of one CA, the higher number is the newer.
+    pub number: Vec<u8>,
 }
 
 /// Parses a DER CRL and checks its signature against each CA certificate
@@ -166,9 +169,13 @@ pub fn check_crl(crl_der: &[u8], cas: &[&[u8]]) -> Result<CrlCheck, InspectError
             signed_by_ca = true;
         }
     }
+    let mut number = crl.crl_number().map(|n| n.to_bytes_be()).unwrap_or_default();
+    let zeros = number.iter().take_while(|b| **b == 0).count();
+    number.drain(..zeros);
     Ok(CrlCheck {
         next_update: crl.next_update().map(|t| t.to_datetime()),
         signed_by_ca,
+        number,
     })
 }
 

@@ -8,17 +8,16 @@
 
 use std::net::Ipv4Addr;
 
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 use futures::future::BoxFuture;
 
-use super::store::{self, StoreError};
+use super::store::{Conn, StoreError};
 use crate::config::Cluster;
 use crate::endpoint::{Claim, SharedLeases};
 
 /// The cluster's lease table in etcd.
 pub struct EtcdLeases {
-    cluster: Cluster,
-    client: tokio::sync::Mutex<Option<Client>>,
+    conn: Conn,
 }
 
 impl EtcdLeases {
@@ -26,41 +25,24 @@ impl EtcdLeases {
     /// failure).
     pub fn new(cluster: Cluster) -> EtcdLeases {
         EtcdLeases {
-            cluster,
-            client: tokio::sync::Mutex::new(None),
+            conn: Conn::new(cluster),
         }
     }
 
     fn id_key(&self, identity: &str) -> String {
-        format!("{}leases/id/{identity}", self.cluster.prefix)
+        format!("{}leases/id/{identity}", self.conn.cluster().prefix)
     }
 
     fn addr_key(&self, addr: Ipv4Addr) -> String {
-        format!("{}leases/addr/{addr}", self.cluster.prefix)
-    }
-
-    async fn client(&self) -> Result<Client, StoreError> {
-        let mut slot = self.client.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Ok(c.clone());
-        }
-        let c = store::connect(&self.cluster).await?;
-        *slot = Some(c.clone());
-        Ok(c)
-    }
-
-    /// Forgets the connection after a failure: the next call connects anew.
-    async fn failed(&self, e: StoreError) -> String {
-        *self.client.lock().await = None;
-        e.to_string()
+        format!("{}leases/addr/{addr}", self.conn.cluster().prefix)
     }
 
     async fn try_leased(&self, identity: &str) -> Result<Option<Ipv4Addr>, StoreError> {
-        let mut client = self.client().await?;
+        let mut client = self.conn.client().await?;
         let resp = client
             .get(self.id_key(identity), None)
             .await
-            .map_err(|e| store::etcd_error(&self.cluster, e))?;
+            .map_err(|e| self.conn.error(e))?;
         Ok(resp
             .kvs()
             .first()
@@ -68,7 +50,7 @@ impl EtcdLeases {
     }
 
     async fn try_claim(&self, identity: &str, addr: Ipv4Addr) -> Result<Claim, StoreError> {
-        let mut client = self.client().await?;
+        let mut client = self.conn.client().await?;
         let (id_key, addr_key) = (self.id_key(identity), self.addr_key(addr));
         let txn = Txn::new()
             .when([
@@ -83,7 +65,7 @@ impl EtcdLeases {
         let resp = client
             .txn(txn)
             .await
-            .map_err(|e| store::etcd_error(&self.cluster, e))?;
+            .map_err(|e| self.conn.error(e))?;
         if resp.succeeded() {
             return Ok(Claim::Claimed);
         }
@@ -117,7 +99,7 @@ impl SharedLeases for EtcdLeases {
         Box::pin(async move {
             match self.try_leased(identity).await {
                 Ok(a) => Ok(a),
-                Err(e) => Err(self.failed(e).await),
+                Err(e) => Err(self.conn.failed(e).await),
             }
         })
     }
@@ -130,7 +112,7 @@ impl SharedLeases for EtcdLeases {
         Box::pin(async move {
             match self.try_claim(identity, addr).await {
                 Ok(c) => Ok(c),
-                Err(e) => Err(self.failed(e).await),
+                Err(e) => Err(self.conn.failed(e).await),
             }
         })
     }

@@ -1,10 +1,12 @@
 //! One endpoint on several gateways: the shared state in etcd. Without
 //! `[cluster]` none of this runs.
 
+pub mod crl;
 pub mod leases;
 pub mod nodes;
 pub mod sessions;
 pub mod store;
+pub mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,8 +30,9 @@ pub fn record_of(ep: &Endpoint) -> Option<NodeRecord> {
     })
 }
 
-/// Starts keeping this gateway registered in its cluster (nothing
-/// without `[cluster]`); sending `true` on the returned channel stops it
+/// Starts keeping this gateway registered in its cluster and following
+/// the requests and CRL other nodes publish (nothing without
+/// `[cluster]`); sending `true` on the returned channel stops it
 /// and revokes the registration (await the handle).
 pub fn start(
     ep: Arc<Endpoint>,
@@ -38,15 +41,20 @@ pub fn start(
     tokio::task::JoinHandle<()>,
 )> {
     let cluster = ep.config().cluster.clone()?;
+    ep.set_shared_leases(Box::new(leases::EtcdLeases::new(cluster.clone())));
+    ep.set_other_nodes(Box::new(sessions::EtcdSessions::new(cluster.clone())));
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let follower = watch::follow(ep.clone(), cluster.clone(), stopped.clone());
     let fallback = record_of(&ep)?;
     let node = cluster.node.clone();
     let (tx, changes) = tokio::sync::mpsc::unbounded_channel();
     let observer_node = node.clone();
     ep.set_session_observer(Box::new(move |s, started| {
-        let key = sessions::key(&observer_node, &s.connection_id);
-        let value = started.then(|| sessions::entry(&observer_node, s).to_string().into_bytes());
+        let node = &observer_node;
+        let key = sessions::key(node, &s.connection_id);
+        let value = started.then(|| sessions::entry(node, s).to_string().into_bytes());
         let _ = tx.send((key, value));
+        let _ = tx.send((sessions::holder_key(node, s), started.then(|| sessions::holder(node, s))));
     }));
     let (ep2, ep3, ep4) = (ep.clone(), ep.clone(), ep);
     let record = move || record_of(&ep2).unwrap_or_else(|| fallback.clone());
@@ -54,11 +62,14 @@ pub fn start(
         ep4.sessions
             .all()
             .iter()
-            .map(|s| {
-                (
-                    sessions::key(&node, &s.connection_id),
-                    sessions::entry(&node, s).to_string().into_bytes(),
-                )
+            .flat_map(|s| {
+                [
+                    (
+                        sessions::key(&node, &s.connection_id),
+                        sessions::entry(&node, s).to_string().into_bytes(),
+                    ),
+                    (sessions::holder_key(&node, s), sessions::holder(&node, s)),
+                ]
             })
             .collect()
     };
@@ -74,6 +85,27 @@ pub fn start(
         entries,
         changes,
     };
-    let task = tokio::spawn(nodes::keep_registered(cluster, node, report, stopped));
+    let registration = nodes::keep_registered(cluster, node, report, stopped);
+    let task = tokio::spawn(async move {
+        tokio::join!(registration, follower);
+    });
     Some((stop, task))
+}
+
+/// Publishes the CRL in force to the cluster (nothing without
+/// `[cluster]`); a store that does not answer gets it when the node
+/// reconnects (see `watch`).
+pub async fn publish_crl(ep: &Endpoint) {
+    let (Some(cluster), Some(crl)) = (ep.config().cluster.clone(), ep.crl_in_force()) else {
+        return;
+    };
+    let published = match store::connect(&cluster).await {
+        Ok(mut client) => crl::publish(&mut client, &cluster, &crl).await,
+        Err(e) => Err(e),
+    };
+    match published {
+        Ok(true) => tracing::info!("published the CRL to the cluster"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot publish the CRL to the cluster now"),
+    }
 }

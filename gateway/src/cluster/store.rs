@@ -70,3 +70,48 @@ pub fn etcd_error(cluster: &Cluster, source: etcd_client::Error) -> StoreError {
         source,
     }
 }
+
+/// A connection made on first use and made anew after a failure: what
+/// the admission path shares (one connection, not one per client).
+pub struct Conn {
+    cluster: Cluster,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl Conn {
+    /// A connection to `cluster`'s store, not made yet.
+    pub fn new(cluster: Cluster) -> Conn {
+        Conn {
+            cluster,
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The cluster this connects to.
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// The connection, made now if there is none.
+    pub async fn client(&self) -> Result<Client, StoreError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = connect(&self.cluster).await?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forgets the connection after a failure (the next call connects
+    /// anew) and says what failed.
+    pub async fn failed(&self, e: StoreError) -> String {
+        *self.client.lock().await = None;
+        e.to_string()
+    }
+
+    /// An etcd error of this cluster.
+    pub fn error(&self, source: etcd_client::Error) -> StoreError {
+        etcd_error(&self.cluster, source)
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use cvpn_proto::text::untrusted;
 use tracing::{info, warn};
 
-use super::{Claim, Endpoint, SharedLeases};
+use super::{Claim, Endpoint, SharedLeases, peers};
 
 /// Claims tried before an admission gives up (each loses only to another
 /// node's admission of the same moment).
@@ -24,6 +24,13 @@ pub struct Admitted<'a> {
     /// The address assigned to the client.
     pub address: Ipv4Addr,
     _guard: tokio::sync::MutexGuard<'a, ()>,
+}
+
+/// Why a client is refused while the cluster's store does not answer
+/// (never admitted then: no second holder of an address or identity).
+fn unavailable(e: String) -> String {
+    warn!(error = %e, "cluster store unavailable: refusing a client for now");
+    "cluster store unavailable (try again shortly)".to_string()
 }
 
 impl Endpoint {
@@ -43,19 +50,36 @@ impl Endpoint {
     /// before letting go of the admission.
     pub async fn admit(&self, common_name: &str) -> Result<Admitted<'_>, String> {
         let guard = self.admission.lock().await;
-        let mut same: Vec<_> = self
+        let elsewhere = match self.other_nodes() {
+            Some(o) => o.sessions_of(common_name).await.map_err(unavailable)?,
+            None => Vec::new(),
+        };
+        let same: Vec<(i128, Arc<Session>)> = self
             .sessions
             .all()
             .into_iter()
             .filter(|s| s.common_name == common_name)
+            .map(|s| (s.started.unix_timestamp_nanos(), s))
             .collect();
-        same.sort_by_key(|s| s.started);
         let keep = self.config().max_sessions_per_identity as usize - 1;
-        let replaced: Vec<_> = same.iter().take(same.len().saturating_sub(keep)).collect();
+        let (replaced, replaced_elsewhere) = peers::replaced(&same, &elsewhere, keep);
+        const REPLACED: &str = "replaced by a new session of the same identity";
         for s in &replaced {
-            info!(connection_id = %s.connection_id, common_name = %untrusted(common_name),
-                  "replaced by a new session of the same identity");
-            s.terminate("replaced by a new session of the same identity");
+            info!(connection_id = %s.connection_id, common_name = %untrusted(common_name), "{REPLACED}");
+            s.terminate(REPLACED);
+        }
+        if let Some(o) = self.other_nodes()
+            && !replaced_elsewhere.is_empty()
+        {
+            for r in &replaced_elsewhere {
+                info!(connection_id = %untrusted(&r.connection_id), node = %untrusted(&r.node),
+                      common_name = %untrusted(common_name), "{REPLACED} (on another node)");
+            }
+            // The other node ends it within a watch's delay; its address
+            // is this identity's anyway.
+            if let Err(e) = o.terminate(&replaced_elsewhere, REPLACED).await {
+                warn!(error = %e, "cannot ask another node to end a replaced session");
+            }
         }
         // Their addresses go back to the pool as they end (at once: the
         // session tasks only close their outboxes first).
@@ -100,10 +124,6 @@ impl Endpoint {
         shared: &dyn SharedLeases,
         common_name: &str,
     ) -> Result<Ipv4Addr, String> {
-        let unavailable = |e: String| {
-            warn!(error = %e, "cluster store unavailable: refusing a client for now");
-            "cluster store unavailable (try again shortly)".to_string()
-        };
         let mut leased = shared.leased(common_name).await.map_err(unavailable)?;
         for _ in 0..CLAIM_ATTEMPTS {
             let candidate = match leased {

@@ -17,9 +17,11 @@ pub mod inbound;
 pub mod jsonlog;
 pub mod lease;
 pub mod metrics;
+pub mod peers;
 pub mod pool;
 pub mod registry;
 pub mod reload;
+pub mod revocation;
 pub mod session;
 pub mod tally;
 
@@ -39,6 +41,7 @@ use connlog::{Event, Record};
 use handshakes::{FailureTally, SourceRate};
 use jsonlog::JsonLog;
 use lease::Leases;
+use peers::OtherNodes;
 use registry::Registry;
 use tally::{Drops, Tally};
 
@@ -142,6 +145,10 @@ pub struct Endpoint {
     /// Told of each session's start (true) and end (false): a cluster
     /// publishes them.
     session_observer: std::sync::OnceLock<SessionObserver>,
+    /// A cluster's other nodes (None: a single gateway).
+    other_nodes: std::sync::OnceLock<Box<dyn OtherNodes>>,
+    /// The CRL in force (None: none taken yet, `tls.crl`'s if any).
+    crl: Mutex<Option<revocation::CrlInForce>>,
 }
 
 /// Told of a session's start (true) and end (false).
@@ -217,6 +224,8 @@ impl Endpoint {
             host: Default::default(),
             shared_leases: Default::default(),
             session_observer: Default::default(),
+            other_nodes: Default::default(),
+            crl: Default::default(),
         }
     }
 
@@ -235,6 +244,17 @@ impl Endpoint {
     /// Makes admission claim addresses in a cluster's shared leases (once).
     pub fn set_shared_leases(&self, leases: Box<dyn SharedLeases>) {
         let _ = self.shared_leases.set(leases);
+    }
+
+    /// Makes admission and `terminate` reach a cluster's other nodes
+    /// (once).
+    pub fn set_other_nodes(&self, nodes: Box<dyn OtherNodes>) {
+        let _ = self.other_nodes.set(nodes);
+    }
+
+    /// The cluster's other nodes, if clustered.
+    pub fn other_nodes(&self) -> Option<&dyn OtherNodes> {
+        self.other_nodes.get().map(|b| b.as_ref())
     }
 
     /// Sets how a reload applies new client networks to the host (once).
