@@ -4,7 +4,10 @@
 
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
 use crate::netns::{Netns, Proc, in_ns, sh, sh_ok};
+use crate::testbed::Testbed;
 
 /// The members' addresses on the store's bridge.
 pub const MEMBERS: [&str; 3] = ["10.0.9.11", "10.0.9.12", "10.0.9.13"];
@@ -127,4 +130,36 @@ fn spawn_member(ns: &str, data: &std::path::Path, i: usize) -> Proc {
         .args(["--initial-cluster-state", "new"])
         .args(["--initial-cluster-token", "cvpn-test"]);
     Proc::spawn(&format!("etcd m{i}"), cmd)
+}
+
+/// The `[cluster]` table of node `node` (advertised as `advertise`) on
+/// `etcd`'s members.
+pub fn cluster_table(node: &str, advertise: &str, etcd: &Etcd) -> String {
+    let urls: Vec<String> = etcd.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    format!(
+        "[cluster]\nnode = \"{node}\"\nadvertise = \"{advertise}\"\netcd = [{}]\n",
+        urls.join(", ")
+    )
+}
+
+/// `b`'s configuration with `a`'s PKI (one CA and server identity for the
+/// endpoint), so one profile reaches either node; `b` keeps a CRL file of
+/// its own (a copy of `a`'s now), so that a revocation on `a` reaches it
+/// only through the cluster.
+pub fn shared_pki_config(a: &Testbed, b: &Testbed, top: &str, tables: &str) -> PathBuf {
+    let path = b.write_config(top, tables);
+    let own_crl = b.path("crl.pem");
+    std::fs::copy(a.pki.path("crl.pem"), &own_crl).expect("copy the CRL");
+    let text = std::fs::read_to_string(&path)
+        .expect("read config")
+        .replace(
+            &format!("crl = \"{}\"", b.pki.path("crl.pem").display()),
+            &format!("crl = \"{}\"", own_crl.display()),
+        )
+        .replace(
+            &b.pki.dir.display().to_string(),
+            &a.pki.dir.display().to_string(),
+        );
+    std::fs::write(&path, text).expect("write config");
+    path
 }

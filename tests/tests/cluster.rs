@@ -6,19 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use cvpn_e2e::etcd::Etcd;
+use cvpn_e2e::etcd::{Etcd, cluster_table, shared_pki_config};
 use cvpn_e2e::netns::{in_ns, sh_ok};
 use cvpn_e2e::testbed::Testbed;
 
 const RULES: &str = "[[authorization_rules]]\ndestination = \"0.0.0.0/0\"\n";
-
-fn cluster_table(node: &str, advertise: &str, etcd: &Etcd) -> String {
-    let urls: Vec<String> = etcd.urls().iter().map(|u| format!("\"{u}\"")).collect();
-    format!(
-        "[cluster]\nnode = \"{node}\"\nadvertise = \"{advertise}\"\netcd = [{}]\n",
-        urls.join(", ")
-    )
-}
 
 /// `cluster status` run in `ns` with `config`: (exit code, output).
 fn status(ns: &str, config: &std::path::Path) -> (i32, String) {
@@ -145,18 +137,6 @@ fn nodes_register_and_status_flags_a_differing_policy() {
     sh_ok(&b.gateway, "true");
 }
 
-/// gw-b's configuration with gw-a's PKI (one CA and server identity for
-/// the endpoint), so one profile reaches either node.
-fn shared_pki_config(a: &Testbed, b: &Testbed, top: &str) -> std::path::PathBuf {
-    let path = b.write_config(top, RULES);
-    let text = std::fs::read_to_string(&path).unwrap().replace(
-        &b.pki.dir.display().to_string(),
-        &a.pki.dir.display().to_string(),
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// An identity keeps one address across the cluster, and no address goes
 /// to two identities on two nodes; with the whole store down, sessions
 /// keep forwarding and new clients are refused for now, then admitted
@@ -169,7 +149,7 @@ fn one_address_per_identity_across_nodes() {
     etcd.join(&a.gateway, "10.0.9.21");
     etcd.join(&b.gateway, "10.0.9.22");
     let config_a = a.write_config(&cluster_table("gw-a", "198.18.0.1:443", &etcd), RULES);
-    let config_b = shared_pki_config(&a, &b, &cluster_table("gw-b", "198.18.0.1:443", &etcd));
+    let config_b = shared_pki_config(&a, &b, &cluster_table("gw-b", "198.18.0.1:443", &etcd), RULES);
     let _gw_a = a.start_gateway(&config_a);
     let _gw_b = b.start_gateway(&config_b);
 
