@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use clap::{Parser, Subcommand};
-use cvpn_client::profile::{self, Profile};
+use cvpn_client::profile::{self, Profile, Remote};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::warn;
 
@@ -135,17 +135,26 @@ async fn keep_connected(
 ) -> Result<()> {
     let mut backoff = profile.retry_initial;
     let mut failures = 0u32;
+    // The remote last connected to: tried last next time (it went away).
+    let mut left: Option<Remote> = None;
     loop {
         let attempt = tokio::select! {
-            r = tunnel::connect(profile, tls.clone()) => r,
+            r = tunnel::connect(profile, tls.clone(), left.as_ref()) => r,
             _ = signals.any() => return Ok(()),
         };
         let outcome = match attempt {
             Ok(c) => {
                 failures = 0;
                 backoff = profile.retry_initial;
+                left = Some(c.remote.clone());
                 match session(c, profile, host, signals).await? {
                     None => return Ok(()),
+                    Some(Err(e)) if !once && e.downcast_ref::<tunnel::Moved>().is_some() => {
+                        // At once: the endpoint asked for it and another
+                        // gateway is there.
+                        eprintln!("cvpn-client: {e}; reconnecting to another gateway");
+                        continue;
+                    }
                     Some(Ok(reason)) => {
                         eprintln!("cvpn-client: disconnected: {reason}");
                         if once {

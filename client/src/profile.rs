@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_PORT: u16 = 443;
+/// How long one remote may take without `server-poll-timeout`.
+pub const DEFAULT_SERVER_POLL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Remote {
@@ -28,6 +30,9 @@ pub struct Profile {
     pub retry_max: Duration,
     /// `connect-retry-max N`: give up after N failed rounds.
     pub retry_limit: Option<u32>,
+    /// `server-poll-timeout N`: how long one remote may take to connect,
+    /// authenticate and send its configuration before the next is tried.
+    pub server_poll_timeout: Duration,
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
@@ -127,6 +132,7 @@ pub fn parse(
     let mut verify_name = None;
     let mut retry = (Duration::from_secs(1), Duration::from_secs(30));
     let mut retry_limit = None;
+    let mut server_poll_timeout = DEFAULT_SERVER_POLL_TIMEOUT;
     let mut pems: [Option<String>; 3] = [None, None, None];
     let mut warnings = Vec::new();
     let mut lines = text.lines().enumerate().map(|(i, l)| (i + 1, l));
@@ -268,6 +274,16 @@ pub fn parse(
                     Duration::from_secs(max.max(initial)),
                 );
             }
+            "server-poll-timeout" => {
+                want(1, 1)?;
+                let secs = args[0].parse::<u64>().ok().filter(|s| *s > 0).ok_or_else(|| {
+                    err(
+                        n,
+                        format!("server-poll-timeout: {:?} is not a number of seconds", args[0]),
+                    )
+                })?;
+                server_poll_timeout = Duration::from_secs(secs);
+            }
             "connect-retry-max" => {
                 want(1, 1)?;
                 retry_limit = Some(args[0].parse::<u32>().map_err(|_| {
@@ -303,6 +319,7 @@ pub fn parse(
         retry_initial: retry.0,
         retry_max: retry.1,
         retry_limit,
+        server_poll_timeout,
         ca_pem: need(ca, "ca")?,
         cert_pem: need(cert, "cert")?,
         key_pem: need(key, "key")?,

@@ -28,12 +28,19 @@ use crate::tls;
 
 pub const TUN_NAME: &str = "cvpn0";
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_RESERVE: usize = cvpn_proto::HEADER_LEN + cvpn_proto::MAX_PACKET_FRAME;
 /// Packets gathered from the tun device into one TLS write.
 const BATCH_BYTES: usize = 64 * 1024;
 
+/// The endpoint ended the session and asked the client to reconnect at
+/// once, to another remote first (its gateway drains).
+#[derive(Debug, thiserror::Error)]
+#[error("the endpoint moved the session elsewhere: {0}")]
+pub struct Moved(pub String);
+
 pub struct Connected {
+    /// The remote it reached.
+    pub remote: Remote,
     pub stream: TlsTunnel<Transport<TcpStream>, ClientConnectionData>,
     pub config: EndpointConfig,
     pub peer: SocketAddr,
@@ -49,8 +56,9 @@ async fn open(profile: &Profile, remote: &Remote, config: Arc<ClientConfig>) -> 
         .with_context(|| format!("cannot resolve {}", remote.host))?
         .collect();
     let mut last = anyhow!("{} has no address", remote.host);
+    let limit = profile.server_poll_timeout;
     for addr in addrs {
-        let tcp = match timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        let tcp = match timeout(limit, TcpStream::connect(addr)).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
                 last = anyhow!("{addr}: {e}");
@@ -63,7 +71,7 @@ async fn open(profile: &Profile, remote: &Remote, config: Arc<ClientConfig>) -> 
         };
         let tcp = Transport::new(tcp)?;
         let handshake = cvpn_proto::tls::connect(tcp, config.clone(), name.clone());
-        let mut stream = timeout(CONNECT_TIMEOUT, handshake)
+        let mut stream = timeout(limit, handshake)
             .await
             .map_err(|_| anyhow!("{addr}: TLS handshake timed out"))?
             .map_err(|e| anyhow!("{addr}: TLS handshake failed: {e}"))?;
@@ -84,10 +92,11 @@ async fn open(profile: &Profile, remote: &Remote, config: Arc<ClientConfig>) -> 
         stream.write_all(&hello).await?;
         stream.flush().await?;
         let mut buf = BytesMut::with_capacity(READ_RESERVE);
-        let config = timeout(CONNECT_TIMEOUT, read_config(&mut stream, &mut buf))
+        let config = timeout(limit, read_config(&mut stream, &mut buf))
             .await
             .map_err(|_| anyhow!("{addr}: no configuration from the endpoint"))??;
         return Ok(Connected {
+            remote: remote.clone(),
             stream,
             config,
             peer: addr,
@@ -134,12 +143,21 @@ fn classify_read_error(e: &std::io::Error) -> anyhow::Error {
     anyhow!("refused by the endpoint: {e}")
 }
 
-/// Tries each remote in turn (shuffled with `remote-random`).
-pub async fn connect(profile: &Profile, config: Arc<ClientConfig>) -> Result<Connected> {
+/// Tries each remote in turn (shuffled with `remote-random`), `avoid`
+/// (the one just lost or left) last.
+pub async fn connect(
+    profile: &Profile,
+    config: Arc<ClientConfig>,
+    avoid: Option<&Remote>,
+) -> Result<Connected> {
     let mut remotes = profile.remotes.clone();
     if profile.remote_random {
         use rand::seq::SliceRandom;
         remotes.shuffle(&mut rand::rng());
+    }
+    if let Some(i) = avoid.and_then(|a| remotes.iter().position(|r| r == a)) {
+        let last = remotes.remove(i);
+        remotes.push(last);
     }
     let mut errors = Vec::new();
     for r in &remotes {
@@ -206,6 +224,7 @@ async fn endpoint_to_tun<R: AsyncRead + Unpin>(
                     Control::Disconnect { reason } => {
                         return Ok(format!("the endpoint ended the session: {reason}"));
                     }
+                    Control::Reconnect { reason } => return Err(Moved(reason).into()),
                     // Applied by the session beside this loop; a newer
                     // list replaces one not yet applied.
                     Control::Routes { routes: r } => {

@@ -1,6 +1,7 @@
 //! The commands of `cvpn-gw` other than `serve`: what they print.
 
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use cvpn_gw::config::digest::differing;
@@ -10,7 +11,8 @@ use cvpn_gw::policy::Policy;
 use cvpn_gw::protocol::openvpn::tls_crypt::StaticKey;
 use cvpn_gw::tls::CrlHealth;
 use cvpn_proto::text::{Untrusted, untrusted};
-use serde_json::Value;
+use cvpn_gw::control;
+use serde_json::{Value, json};
 
 /// A byte counter's cell: "-" for another node's session (its counters
 /// are that node's).
@@ -168,6 +170,42 @@ pub fn check(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// HOST:PORT split (the host without IPv6 brackets).
+fn host_port(text: &str) -> Result<(String, u16)> {
+    let (h, p) = text.rsplit_once(':').context("expected HOST:PORT")?;
+    let port = p.parse::<u16>().ok().filter(|p| *p != 0).context("bad port")?;
+    Ok((h.trim_matches(['[', ']']).to_string(), port))
+}
+
+/// Where clients connect without `--remote`: every live node's advertised
+/// address in a cluster (but draining ones), else the listen address.
+fn default_remotes(config: &Config) -> Result<Vec<(String, u16)>> {
+    if let Some(cluster) = &config.cluster {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let nodes = rt
+            .block_on(cvpn_gw::cluster::nodes::list(cluster))
+            .context("cannot list the cluster's nodes (give --remote HOST:PORT)")?;
+        let remotes: Vec<_> = nodes
+            .iter()
+            .filter(|n| !n.draining)
+            .filter_map(|n| host_port(&n.advertise).ok())
+            .collect();
+        if remotes.is_empty() {
+            bail!("no live node in the cluster: give --remote HOST:PORT");
+        }
+        return Ok(remotes);
+    }
+    if config.listen.ip().is_unspecified() {
+        bail!(
+            "listen is {}: give the address clients use with --remote HOST:PORT",
+            config.listen
+        );
+    }
+    Ok(vec![(config.listen.ip().to_string(), config.listen.port())])
+}
+
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
@@ -178,29 +216,17 @@ pub fn export_profile(
     config: &Path,
     pki: &Path,
     client: &str,
-    remote: Option<&str>,
+    remotes: &[String],
     out: Option<&Path>,
 ) -> Result<()> {
     cvpn_pki::names::validate_name(client)?;
     let config = Config::load(config)?;
-    let (host, port) = match remote {
-        Some(r) => {
-            let (h, p) = r
-                .rsplit_once(':')
-                .with_context(|| format!("--remote {r:?}: expected HOST:PORT"))?;
-            (
-                h.trim_matches(['[', ']']).to_string(),
-                p.parse::<u16>()
-                    .with_context(|| format!("--remote {r:?}: bad port"))?,
-            )
-        }
-        None if config.listen.ip().is_unspecified() => {
-            bail!(
-                "listen is {}: give the address clients use with --remote HOST:PORT",
-                config.listen
-            )
-        }
-        None => (config.listen.ip().to_string(), config.listen.port()),
+    let remotes = match remotes {
+        [] => default_remotes(&config)?,
+        given => given
+            .iter()
+            .map(|r| host_port(r).with_context(|| format!("--remote {r:?}")))
+            .collect::<Result<_>>()?,
     };
     let server_der = cvpn_pki::store::read_pem(&config.tls.cert, "CERTIFICATE")?;
     let info = cvpn_pki::inspect_cert(&server_der)
@@ -219,8 +245,7 @@ pub fn export_profile(
         None => None,
     };
     let text = render_profile(&ProfileParts {
-        remote_host: &host,
-        remote_port: port,
+        remotes: &remotes,
         server_name: &server_name,
         ca_pem: &ca,
         cert_pem: &cert,
@@ -287,6 +312,7 @@ pub async fn cluster_status(config: &Config) -> Result<bool> {
                 untrusted(&n.version).to_string(),
                 n.sessions.to_string(),
                 format!("{}s ago", now.saturating_sub(n.heartbeat).max(0)),
+                if n.draining { "draining" } else { "serving" }.to_string(),
                 untrusted(&n.policy_digest).to_string(),
             ]
         })
@@ -298,6 +324,7 @@ pub async fn cluster_status(config: &Config) -> Result<bool> {
             "VERSION",
             "SESSIONS",
             "HEARTBEAT",
+            "STATE",
             "POLICY",
         ],
         &rows,
@@ -358,9 +385,78 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A duration as `--timeout` takes it: seconds, or a number with `s`,
+/// `m` or `h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration such as 60s or 2m"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("{text:?}: the unit is s, m or h")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// `cvpn-gw drain`: asks the gateway to drain, then waits until it has
+/// exited (its control socket stops answering).
+pub async fn drain(control: &Path, timeout: Duration) -> Result<()> {
+    let started = std::time::Instant::now();
+    let req = json!({"command": "drain", "timeout_secs": timeout.as_secs()});
+    let v = control::request(control, req).await?;
+    println!(
+        "draining: {} session(s) told to move to another gateway",
+        v["draining"]
+    );
+    // The gateway exits at the timeout at the latest; a little more for
+    // its shutdown.
+    let give_up = started + timeout + Duration::from_secs(15);
+    let mut last = None;
+    while std::time::Instant::now() < give_up {
+        let req = json!({"command": "connections"});
+        match control::request(control, req).await {
+            Ok(v) => {
+                let here = v["connections"]
+                    .as_array()
+                    .map(|l| l.iter().filter(|c| c.get("ingress-bytes").is_some()).count());
+                if here != last {
+                    println!("{} session(s) left", here.unwrap_or(0));
+                    last = here;
+                }
+            }
+            Err(_) => {
+                println!(
+                    "drained: the gateway exited after {:.1}s",
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the gateway still runs {}s after the drain began", give_up.duration_since(started).as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_take_a_unit_or_mean_seconds() {
+        assert_eq!(parse_duration("60s"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("soon").unwrap_err().contains("60s"));
+        assert!(parse_duration("5d").unwrap_err().contains("unit"));
+        assert!(parse_duration("").is_err());
+    }
 
     #[test]
     fn table_columns_stay_aligned_whatever_the_widths() {

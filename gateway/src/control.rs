@@ -29,6 +29,12 @@ pub enum Request {
     /// Reopen the connection log and the flow log under their names
     /// (as SIGUSR1), after logrotate moved them.
     ReopenLogs,
+    /// Refuse new sessions, move every client to another gateway, and
+    /// exit once empty or after `timeout_secs`.
+    Drain {
+        /// How long the clients have to leave.
+        timeout_secs: u64,
+    },
     /// End sessions by connection id or common name.
     Terminate {
         /// The session's connection id.
@@ -94,25 +100,7 @@ async fn answer(ep: Arc<Endpoint>, stream: UnixStream) -> std::io::Result<()> {
         .read_line(&mut line)
         .await?;
     let reply = match serde_json::from_str::<Request>(&line) {
-        Ok(Request::Connections) => {
-            let mut reply = handle(&ep, Request::Connections);
-            with_other_nodes(&ep, &mut reply).await;
-            reply
-        }
-        Ok(Request::Terminate {
-            connection_id,
-            common_name,
-        }) => {
-            let ids = (connection_id, common_name);
-            let req = Request::Terminate {
-                connection_id: ids.0.clone(),
-                common_name: ids.1.clone(),
-            };
-            let mut reply = handle(&ep, req);
-            terminate_elsewhere(&ep, ids, &mut reply).await;
-            reply
-        }
-        Ok(req) => handle(&ep, req),
+        Ok(req) => respond(&ep, req).await,
         Err(e) => json!({ "error": format!("bad request: {e}") }),
     };
     wr.write_all(format!("{reply}\n").as_bytes()).await?;
@@ -157,18 +145,22 @@ async fn terminate_elsewhere(
     }
     if let Some(id) = &connection_id {
         match crate::cluster::sessions::others(&cluster, &cluster.node).await {
-            Ok(list) => found.extend(list.iter().filter(|v| v["connection-id"] == id.as_str()).map(|v| {
-                RemoteSession {
-                    node: v["node"].as_str().unwrap_or_default().to_string(),
-                    connection_id: id.clone(),
-                    started_ns: 0,
-                }
-            })),
+            Ok(list) => found.extend(
+                list.iter()
+                    .filter(|v| v["connection-id"] == id.as_str())
+                    .map(|v| RemoteSession {
+                        node: v["node"].as_str().unwrap_or_default().to_string(),
+                        connection_id: id.clone(),
+                        started_ns: 0,
+                    }),
+            ),
             Err(e) => failed = Some(e.to_string()),
         }
     }
     if !found.is_empty()
-        && let Err(e) = others.terminate(&found, "terminated by the administrator").await
+        && let Err(e) = others
+            .terminate(&found, "terminated by the administrator")
+            .await
     {
         failed = Some(e);
         found.clear();
@@ -181,47 +173,12 @@ async fn terminate_elsewhere(
     }
 }
 
-fn handle(ep: &Endpoint, req: Request) -> Value {
+async fn respond(ep: &Endpoint, req: Request) -> Value {
     match req {
         Request::Connections => {
-            let node = ep.config().cluster.as_ref().map(|c| c.node.clone());
-            let list: Vec<Value> = ep
-                .sessions
-                .all()
-                .iter()
-                .map(|s| {
-                    let c = &s.counters;
-                    let mut v = s.describe();
-                    let stale =
-                        s.routes_generation.load(Ordering::Relaxed) < ep.routes_generation();
-                    for (key, n) in [
-                        ("ingress-bytes", c.ingress_bytes.load(Ordering::Relaxed)),
-                        ("egress-bytes", c.egress_bytes.load(Ordering::Relaxed)),
-                        ("ingress-packets", c.ingress_packets.load(Ordering::Relaxed)),
-                        ("egress-packets", c.egress_packets.load(Ordering::Relaxed)),
-                    ] {
-                        v[key] = json!(n);
-                    }
-                    v["stale-routes"] = json!(stale);
-                    if let Some(node) = &node {
-                        v["node"] = json!(node);
-                    }
-                    v
-                })
-                .collect();
-            let d = &ep.drops;
-            json!({
-                "connections": list,
-                "drops": {
-                    "spoofed": d.spoofed.load(Ordering::Relaxed),
-                    "no_route": d.no_route.load(Ordering::Relaxed),
-                    "denied": d.denied.load(Ordering::Relaxed),
-                    "malformed": d.malformed.load(Ordering::Relaxed),
-                    "ipv6": d.ipv6.load(Ordering::Relaxed),
-                    "no_session": d.no_session.load(Ordering::Relaxed),
-                    "queue_full": d.queue_full.load(Ordering::Relaxed),
-                }
-            })
+            let mut reply = connections(ep);
+            with_other_nodes(ep, &mut reply).await;
+            reply
         }
         Request::Reload => match ep.reload() {
             Ok(changed) => json!({ "reloaded": true, "changed": changed }),
@@ -231,6 +188,10 @@ fn handle(ep: &Endpoint, req: Request) -> Value {
             Ok(logs) => json!({ "reopened": logs }),
             Err(e) => json!({ "error": e }),
         },
+        Request::Drain { timeout_secs } => {
+            let told = ep.drain(Duration::from_secs(timeout_secs)).await;
+            json!({ "draining": told })
+        }
         Request::Terminate {
             connection_id,
             common_name,
@@ -244,9 +205,52 @@ fn handle(ep: &Endpoint, req: Request) -> Value {
                     ended.push(s.connection_id.clone());
                 }
             }
-            json!({ "terminated": ended })
+            let mut reply = json!({ "terminated": ended });
+            terminate_elsewhere(ep, (connection_id, common_name), &mut reply).await;
+            reply
         }
     }
+}
+
+/// This node's sessions and drop counters.
+fn connections(ep: &Endpoint) -> Value {
+    let node = ep.config().cluster.as_ref().map(|c| c.node.clone());
+    let list: Vec<Value> = ep
+        .sessions
+        .all()
+        .iter()
+        .map(|s| {
+            let c = &s.counters;
+            let mut v = s.describe();
+            let stale = s.routes_generation.load(Ordering::Relaxed) < ep.routes_generation();
+            for (key, n) in [
+                ("ingress-bytes", c.ingress_bytes.load(Ordering::Relaxed)),
+                ("egress-bytes", c.egress_bytes.load(Ordering::Relaxed)),
+                ("ingress-packets", c.ingress_packets.load(Ordering::Relaxed)),
+                ("egress-packets", c.egress_packets.load(Ordering::Relaxed)),
+            ] {
+                v[key] = json!(n);
+            }
+            v["stale-routes"] = json!(stale);
+            if let Some(node) = &node {
+                v["node"] = json!(node);
+            }
+            v
+        })
+        .collect();
+    let d = &ep.drops;
+    json!({
+        "connections": list,
+        "drops": {
+            "spoofed": d.spoofed.load(Ordering::Relaxed),
+            "no_route": d.no_route.load(Ordering::Relaxed),
+            "denied": d.denied.load(Ordering::Relaxed),
+            "malformed": d.malformed.load(Ordering::Relaxed),
+            "ipv6": d.ipv6.load(Ordering::Relaxed),
+            "no_session": d.no_session.load(Ordering::Relaxed),
+            "queue_full": d.queue_full.load(Ordering::Relaxed),
+        }
+    })
 }
 
 /// Client side, for `cvpn-ep connections` and `terminate`.

@@ -2,10 +2,14 @@
 //! with the CA, the client's certificate and key inline, which both the
 //! stock `openvpn` client and `cvpn-client` take unchanged.
 
+/// How long a client gives one node of a cluster to answer before it
+/// tries the next (seconds).
+pub const SERVER_POLL_TIMEOUT: u32 = 4;
+
 /// What goes into a profile.
 pub struct ProfileParts<'a> {
-    pub remote_host: &'a str,
-    pub remote_port: u16,
+    /// Where clients connect (HOST, PORT): several for a cluster.
+    pub remotes: &'a [(String, u16)],
     /// The name the client checks on the gateway's certificate.
     pub server_name: &'a str,
     pub ca_pem: &'a str,
@@ -25,7 +29,15 @@ pub fn render_profile(p: &ProfileParts<'_>) -> String {
     s.push_str("# It holds a private key: keep it as secret as a password.\n");
     s.push_str("client\ndev tun\n");
     s.push_str(if p.udp { "proto udp\n" } else { "proto tcp\n" });
-    s.push_str(&format!("remote {} {}\n", p.remote_host, p.remote_port));
+    for (host, port) in p.remotes {
+        s.push_str(&format!("remote {host} {port}\n"));
+    }
+    if p.remotes.len() > 1 {
+        // A cluster's nodes: clients spread over them, and one that does
+        // not answer is given up on in seconds for the next.
+        s.push_str("remote-random\n");
+        s.push_str(&format!("server-poll-timeout {SERVER_POLL_TIMEOUT}\n"));
+    }
     s.push_str(&format!("verify-x509-name {} name\n", p.server_name));
     // OpenVPN checks the server certificate's key usage and serverAuth
     // (cvpn-client's TLS checks serverAuth anyway).

@@ -59,9 +59,10 @@ enum Command {
         /// The client's certificate name
         #[arg(long)]
         client: String,
-        /// HOST:PORT clients connect to (default: the listen address)
+        /// HOST:PORT clients connect to, repeatable (default: every live
+        /// node's advertised address in a cluster, else the listen address)
         #[arg(long)]
-        remote: Option<String>,
+        remote: Vec<String>,
         /// The profile file to write, mode 0600 (default: standard output)
         #[arg(long)]
         out: Option<PathBuf>,
@@ -101,6 +102,17 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// Drain the gateway: refuse new sessions, move every client to
+    /// another gateway of its profile, and exit once empty or at the
+    /// timeout; returns when the gateway has exited
+    Drain {
+        /// The endpoint's control socket
+        #[arg(long, default_value = cvpn_gw::config::DEFAULT_CONTROL_SOCKET)]
+        control: PathBuf,
+        /// How long the clients have to leave (e.g. 60s, 2m)
+        #[arg(long, default_value = "60s", value_parser = commands::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// End connections, by id or by certificate common name
     Terminate {
@@ -169,7 +181,7 @@ fn run(cli: Cli) -> Result<()> {
             client,
             remote,
             out,
-        } => commands::export_profile(&config, &pki, &client, remote.as_deref(), out.as_deref()),
+        } => commands::export_profile(&config, &pki, &client, &remote, out.as_deref()),
         Command::Connections { control, json } => {
             let v = runtime()?.block_on(control::request(
                 &control,
@@ -212,6 +224,9 @@ fn run(cli: Cli) -> Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        Command::Drain { control, timeout } => {
+            runtime()?.block_on(commands::drain(&control, timeout))
         }
         Command::Terminate {
             control,

@@ -289,6 +289,7 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break Ok(()) }
             _ = int.recv() => { info!("SIGINT: shutting down"); break Ok(()) }
+            _ = ep.drained() => { info!("drained: shutting down"); break Ok(()) }
             _ = hup.recv() => {
                 // Logged and counted by reload itself.
                 let ep = ep.clone();

@@ -169,7 +169,10 @@ pub fn check_crl(crl_der: &[u8], cas: &[&[u8]]) -> Result<CrlCheck, InspectError
             signed_by_ca = true;
         }
     }
-    let mut number = crl.crl_number().map(|n| n.to_bytes_be()).unwrap_or_default();
+    let mut number = crl
+        .crl_number()
+        .map(|n| n.to_bytes_be())
+        .unwrap_or_default();
     let zeros = number.iter().take_while(|b| **b == 0).count();
     number.drain(..zeros);
     Ok(CrlCheck {

@@ -62,6 +62,12 @@ pub enum Control {
     Disconnect {
         reason: String,
     },
+    /// The endpoint ends the session and asks the client to reconnect at
+    /// once, to another remote of its profile first (the gateway is
+    /// draining).
+    Reconnect {
+        reason: String,
+    },
     /// The endpoint's route table changed: the destinations to route
     /// through the tunnel now (split tunnel; only to clients that said
     /// `live_routes`).

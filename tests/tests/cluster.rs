@@ -149,7 +149,12 @@ fn one_address_per_identity_across_nodes() {
     etcd.join(&a.gateway, "10.0.9.21");
     etcd.join(&b.gateway, "10.0.9.22");
     let config_a = a.write_config(&cluster_table("gw-a", "198.18.0.1:443", &etcd), RULES);
-    let config_b = shared_pki_config(&a, &b, &cluster_table("gw-b", "198.18.0.1:443", &etcd), RULES);
+    let config_b = shared_pki_config(
+        &a,
+        &b,
+        &cluster_table("gw-b", "198.18.0.1:443", &etcd),
+        RULES,
+    );
     let _gw_a = a.start_gateway(&config_a);
     let _gw_b = b.start_gateway(&config_b);
 

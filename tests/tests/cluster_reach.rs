@@ -13,7 +13,11 @@ const RULES: &str = "[[authorization_rules]]\ndestination = \"0.0.0.0/0\"\n";
 /// Waits (at most 10 s) for a `--once` client to end; returns when it
 /// ended, measured from `since`, and its output.
 fn ended(client: &mut cvpn_e2e::netns::Proc, since: Instant) -> (Duration, String) {
-    assert!(client.wait(10).is_some(), "still connected:\n{}", client.output());
+    assert!(
+        client.wait(10).is_some(),
+        "still connected:\n{}",
+        client.output()
+    );
     (since.elapsed(), client.output())
 }
 
@@ -66,10 +70,7 @@ fn terminate_replacement_and_revocation_reach_every_node() {
         .iter()
         .filter(|c| c["common-name"] == "carol")
         .collect();
-    assert!(
-        carols.len() == 1 && carols[0]["node"] == "gw-b",
-        "{listed}"
-    );
+    assert!(carols.len() == 1 && carols[0]["node"] == "gw-b", "{listed}");
 
     // dave on gw-b; revoked in gw-a's CRL: cut within 2 s, refused on
     // both nodes after.
@@ -84,7 +85,11 @@ fn terminate_replacement_and_revocation_reach_every_node() {
     assert!(took <= Duration::from_secs(2), "{took:?}");
     for (bed, i) in [(&a, 1), (&b, 1)] {
         let mut refused = bed.spawn_client(i, &dave);
-        assert!(refused.wait(20).is_some_and(|c| c != 0), "{}", refused.output());
+        assert!(
+            refused.wait(20).is_some_and(|c| c != 0),
+            "{}",
+            refused.output()
+        );
         assert!(
             refused.output().to_lowercase().contains("revoked"),
             "{}",

@@ -46,9 +46,10 @@ pub async fn publish(
             Some(kv) => Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
             None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
         };
-        let txn = Txn::new()
-            .when([unchanged])
-            .and_then([TxnOp::put(key.clone(), crl.der.clone(), None)]);
+        let txn =
+            Txn::new()
+                .when([unchanged])
+                .and_then([TxnOp::put(key.clone(), crl.der.clone(), None)]);
         if client.txn(txn).await.map_err(e)?.succeeded() {
             return Ok(true);
         }

@@ -62,10 +62,7 @@ impl EtcdLeases {
                 TxnOp::put(addr_key.clone(), identity, None),
             ])
             .or_else([TxnOp::get(id_key, None), TxnOp::get(addr_key, None)]);
-        let resp = client
-            .txn(txn)
-            .await
-            .map_err(|e| self.conn.error(e))?;
+        let resp = client.txn(txn).await.map_err(|e| self.conn.error(e))?;
         if resp.succeeded() {
             return Ok(Claim::Claimed);
         }

@@ -27,6 +27,7 @@ pub fn record_of(ep: &Endpoint) -> Option<NodeRecord> {
         policy: config.policy_keys.clone(),
         sessions: ep.sessions.len() as u64,
         heartbeat: time::OffsetDateTime::now_utc().unix_timestamp(),
+        draining: ep.draining(),
     })
 }
 
@@ -54,7 +55,10 @@ pub fn start(
         let key = sessions::key(node, &s.connection_id);
         let value = started.then(|| sessions::entry(node, s).to_string().into_bytes());
         let _ = tx.send((key, value));
-        let _ = tx.send((sessions::holder_key(node, s), started.then(|| sessions::holder(node, s))));
+        let _ = tx.send((
+            sessions::holder_key(node, s),
+            started.then(|| sessions::holder(node, s)),
+        ));
     }));
     let (ep2, ep3, ep4) = (ep.clone(), ep.clone(), ep);
     let record = move || record_of(&ep2).unwrap_or_else(|| fallback.clone());

@@ -37,6 +37,9 @@ pub struct NodeRecord {
     pub sessions: u64,
     /// When it last wrote this (Unix seconds).
     pub heartbeat: i64,
+    /// It drains: profiles leave it out, its clients move away.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// Entries to publish under the node's lease as they change: a key

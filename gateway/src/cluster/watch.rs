@@ -62,7 +62,11 @@ async fn follow_once(
         Some(rev) => rev,
         None => list(ep, cluster, &mut client).await? + 1,
     };
-    let requests = format!("{}{}", cluster.prefix, sessions::terminate_prefix(&cluster.node));
+    let requests = format!(
+        "{}{}",
+        cluster.prefix,
+        sessions::terminate_prefix(&cluster.node)
+    );
     let from = |o: WatchOptions| Some(o.with_start_revision(start));
     let mut stream = client
         .watch(requests.clone(), from(WatchOptions::new().with_prefix()))
@@ -76,7 +80,10 @@ async fn follow_once(
     while let Some(resp) = stream.message().await.map_err(e)? {
         if resp.compact_revision() > 0 || resp.canceled() {
             // Events from `start` are gone: list anew.
-            info!(revision = start, "cluster watch fell behind a compaction; listing anew");
+            info!(
+                revision = start,
+                "cluster watch fell behind a compaction; listing anew"
+            );
             *resume = None;
             return Ok(());
         }
@@ -94,7 +101,11 @@ async fn follow_once(
 /// Acts on every key present, at one revision, which is returned.
 async fn list(ep: &Endpoint, cluster: &Cluster, client: &mut Client) -> Result<i64, StoreError> {
     let e = |source| store::etcd_error(cluster, source);
-    let requests = format!("{}{}", cluster.prefix, sessions::terminate_prefix(&cluster.node));
+    let requests = format!(
+        "{}{}",
+        cluster.prefix,
+        sessions::terminate_prefix(&cluster.node)
+    );
     let resp = client
         .get(requests, Some(GetOptions::new().with_prefix()))
         .await
@@ -119,9 +130,19 @@ async fn act(ep: &Endpoint, cluster: &Cluster, client: &mut Client, kv: &KeyValu
         }
         return;
     }
-    let Some(id) = key.rsplit('/').next() else { return };
-    let reason: String = String::from_utf8_lossy(kv.value()).chars().take(MAX_REASON).collect();
-    if let Some(s) = ep.sessions.all().into_iter().find(|s| s.connection_id == id) {
+    let Some(id) = key.rsplit('/').next() else {
+        return;
+    };
+    let reason: String = String::from_utf8_lossy(kv.value())
+        .chars()
+        .take(MAX_REASON)
+        .collect();
+    if let Some(s) = ep
+        .sessions
+        .all()
+        .into_iter()
+        .find(|s| s.connection_id == id)
+    {
         info!(connection_id = %s.connection_id, reason = %untrusted(&reason),
               "ending a session at another node's request");
         s.terminate(&reason);

@@ -50,6 +50,9 @@ impl Endpoint {
     /// before letting go of the admission.
     pub async fn admit(&self, common_name: &str) -> Result<Admitted<'_>, String> {
         let guard = self.admission.lock().await;
+        if self.draining() {
+            return Err(super::DRAINING.into());
+        }
         let elsewhere = match self.other_nodes() {
             Some(o) => o.sessions_of(common_name).await.map_err(unavailable)?,
             None => Vec::new(),

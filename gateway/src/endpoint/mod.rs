@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod connlog;
+pub mod drain;
 pub mod flowbudget;
 pub mod flowlog;
 pub mod forward;
@@ -57,6 +58,19 @@ pub const KEEPALIVE: Duration = Duration::from_secs(10);
 /// A client silent for this long is gone (it sends keepalives every
 /// KEEPALIVE).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(35);
+/// Why a draining gateway ends its sessions: the clients reconnect to
+/// another gateway at once (OpenVPN `RESTART,[N]`, cvpn/1 `reconnect`).
+pub const MOVED: &str = "the gateway is draining: reconnect to another gateway";
+/// Why a draining gateway refuses a new client (a temporary refusal).
+pub const DRAINING: &str = "the gateway is draining (connect to another gateway)";
+
+/// The keepalive in a cluster: a client whose gateway died without a
+/// word (kill -9, power) notices within CLUSTER_PING_RESTART and moves
+/// to another node.
+pub const CLUSTER_KEEPALIVE: Duration = Duration::from_secs(1);
+/// How long an OpenVPN client of a cluster waits for a sign of life
+/// before it reconnects (pushed `ping-restart`).
+pub const CLUSTER_PING_RESTART: Duration = Duration::from_secs(4);
 
 /// The inside of the endpoint: the tun device toward the target networks.
 pub trait Inside: Send + Sync {
@@ -149,6 +163,8 @@ pub struct Endpoint {
     other_nodes: std::sync::OnceLock<Box<dyn OtherNodes>>,
     /// The CRL in force (None: none taken yet, `tls.crl`'s if any).
     crl: Mutex<Option<revocation::CrlInForce>>,
+    /// Set once the gateway drains.
+    drain: drain::Drain,
 }
 
 /// Told of a session's start (true) and end (false).
@@ -226,6 +242,7 @@ impl Endpoint {
             session_observer: Default::default(),
             other_nodes: Default::default(),
             crl: Default::default(),
+            drain: Default::default(),
         }
     }
 
@@ -292,8 +309,26 @@ impl Endpoint {
             dns_servers: c.dns_servers.clone(),
             mtu: TUNNEL_MTU,
             banner: c.banner.clone(),
-            keepalive: KEEPALIVE,
+            keepalive: self.keepalive(),
             session_timeout: c.session_timeout,
+        }
+    }
+
+    /// How often each side sends a keepalive on an idle session: more
+    /// often in a cluster, where a client has somewhere to go.
+    pub fn keepalive(&self) -> Duration {
+        match self.config().cluster {
+            Some(_) => CLUSTER_KEEPALIVE,
+            None => KEEPALIVE,
+        }
+    }
+
+    /// How long an OpenVPN client waits for a sign of life before it
+    /// reconnects (pushed `ping-restart`).
+    pub fn ping_restart(&self) -> Duration {
+        match self.config().cluster {
+            Some(_) => CLUSTER_PING_RESTART,
+            None => IDLE_TIMEOUT,
         }
     }
 

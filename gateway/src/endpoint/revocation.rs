@@ -63,9 +63,11 @@ impl Endpoint {
         {
             return Ok(Taken::NotNewer);
         }
-        let acceptor =
-            tls::Acceptor::with_crl(&config.tls, Some(CertificateRevocationListDer::from(der.to_vec())))
-                .map_err(|e| e.to_string())?;
+        let acceptor = tls::Acceptor::with_crl(
+            &config.tls,
+            Some(CertificateRevocationListDer::from(der.to_vec())),
+        )
+        .map_err(|e| e.to_string())?;
         self.tls.store(Arc::new(acceptor));
         *in_force = Some(CrlInForce {
             number: number.clone(),

@@ -21,7 +21,7 @@ use super::udp::send_datagram;
 use crate::endpoint::connlog::{Event, Record, new_connection_id};
 use crate::endpoint::forward::reply_buffer;
 use crate::endpoint::session::{Identity, Link, NewSession, Protocol, Session};
-use crate::endpoint::{Endpoint, IDLE_TIMEOUT, KEEPALIVE};
+use crate::endpoint::{Endpoint, IDLE_TIMEOUT, MOVED};
 use crate::protocol::cvpn::datagram::DatagramPath;
 use crate::protocol::cvpn::outbox::Outbox;
 use crate::protocol::cvpn::{self, Inbound};
@@ -193,7 +193,7 @@ where
 
     let reason = tokio::select! {
         r = client_to_gateway(ep, &mut rd, rbuf, &session) => r,
-        r = gateway_to_client(&mut wr, &link.outbox) => r,
+        r = gateway_to_client(&mut wr, &link.outbox, ep.keepalive()) => r,
         r = session.ended() => r,
         _ = tokio::time::sleep(ep.config().session_timeout) => "session timeout".into(),
     };
@@ -203,12 +203,17 @@ where
     }
     ep.end(&session);
     let mut bye = BytesMut::new();
-    let _ = encode_control(
-        &mut bye,
-        &Control::Disconnect {
+    let goodbye = if reason == MOVED {
+        // Elsewhere at once: this gateway is going away.
+        Control::Reconnect {
             reason: reason.clone(),
-        },
-    );
+        }
+    } else {
+        Control::Disconnect {
+            reason: reason.clone(),
+        }
+    };
+    let _ = encode_control(&mut bye, &goodbye);
     let _ = timeout(Duration::from_secs(1), async {
         wr.write_all(&bye).await?;
         wr.shutdown().await
@@ -308,13 +313,17 @@ async fn read_more<R: AsyncRead + Unpin>(
 
 /// Writes whatever the outbox holds, batched; a keepalive when idle, and
 /// then the buffers go back to the allocator.
-async fn gateway_to_client<W: AsyncWrite + Unpin>(wr: &mut W, outbox: &Outbox) -> String {
+async fn gateway_to_client<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    outbox: &Outbox,
+    keepalive: Duration,
+) -> String {
     let mut spare = BytesMut::new();
     // One timer for the session, pushed back after each batch.
-    let idle = tokio::time::sleep(KEEPALIVE);
+    let idle = tokio::time::sleep(keepalive);
     tokio::pin!(idle);
     loop {
-        idle.as_mut().reset(Instant::now() + KEEPALIVE);
+        idle.as_mut().reset(Instant::now() + keepalive);
         tokio::select! {
             _ = outbox.take(&mut spare) => {}
             _ = idle.as_mut() => {

@@ -15,7 +15,7 @@ use tracing::info;
 use super::{Client, OpenVpnLink, Wrapping};
 use crate::endpoint::connlog::{Event as LogEvent, Record, new_connection_id};
 use crate::endpoint::session::{Identity, NewSession, Protocol, Session};
-use crate::endpoint::{Endpoint, IDLE_TIMEOUT, KEEPALIVE};
+use crate::endpoint::{DRAINING, Endpoint, IDLE_TIMEOUT, MOVED};
 use crate::protocol::openvpn::control::{Control, Event, HAND_WINDOW, TlsFactory};
 use crate::protocol::openvpn::data::PING;
 use crate::protocol::openvpn::keys::{PeerInfo, iv_proto};
@@ -82,7 +82,7 @@ pub async fn drive(
         let tick = control
             .next_timeout()
             .map(Instant::from_std)
-            .unwrap_or(now + KEEPALIVE)
+            .unwrap_or(now + ep.keepalive())
             .min(now + Duration::from_secs(1));
         let deadline = match &session {
             Some(s) => session_deadline(&ep, s),
@@ -180,7 +180,7 @@ impl Run<'_> {
             if self.client.last_heard().elapsed() >= IDLE_TIMEOUT {
                 return Err("client silent past the keepalive timeout".into());
             }
-            if self.last_ping.elapsed() >= KEEPALIVE {
+            if self.last_ping.elapsed() >= self.ep.keepalive() {
                 self.last_ping = Instant::now();
                 let mut out = [0u8; 64];
                 if let Ok(n) = self.client.data.seal(&PING, &mut out) {
@@ -308,7 +308,7 @@ impl Run<'_> {
         let options = push::options(
             &self.ep.push_for(s.address, &s.common_name),
             n,
-            IDLE_TIMEOUT,
+            self.ep.ping_restart(),
         );
         for m in push::messages(&options) {
             control.send_message(&m)?;
@@ -348,8 +348,8 @@ impl Run<'_> {
         };
         // Out of the registry first: nothing is sent to it meanwhile.
         ep.end(&session);
-        if let Some(signal) = signal_for(&reason) {
-            let _ = control.send_message(&format!("{signal},{reason}"));
+        if let Some(message) = goodbye(&reason) {
+            let _ = control.send_message(&message);
             self.linger(control, inbound, LINGER).await;
         }
         info!(connection_id = %session.connection_id, common_name = %untrusted(&session.common_name),
@@ -402,11 +402,13 @@ impl Run<'_> {
 }
 
 /// AUTH_FAILED for a refusal that a retry can get past: `TEMP` with a
-/// backoff for clients that take it (they retry then), the plain one
-/// for others.
+/// backoff (short when the gateway drains) and the flag to try the next
+/// remote first (another gateway of a cluster may have room), for
+/// clients that take it; the plain one for others.
 fn auth_failed_temp(peer_info: &PeerInfo, why: &str) -> String {
+    let backoff = if why == DRAINING { 1 } else { TEMP_BACKOFF };
     if peer_info.has(iv_proto::AUTH_FAIL_TEMP) {
-        format!("AUTH_FAILED,TEMP[backoff {TEMP_BACKOFF}]:{why}")
+        format!("AUTH_FAILED,TEMP[backoff {backoff},advance remote]:{why}")
     } else {
         format!("AUTH_FAILED,{why}")
     }
@@ -414,16 +416,20 @@ fn auth_failed_temp(peer_info: &PeerInfo, why: &str) -> String {
 
 /// What the client is told when the endpoint ends its session: HALT
 /// (stop) where reconnecting would only be refused or fight another
-/// session, RESTART (reconnect) otherwise; nothing if it left itself.
-fn signal_for(reason: &str) -> Option<&'static str> {
-    match reason {
-        "client disconnected" | "client closed the connection" => None,
-        "client silent past the keepalive timeout" => None,
+/// session; RESTART with the flag to advance to the next remote when the
+/// gateway drains; RESTART (reconnect) otherwise; nothing if it left
+/// itself.
+fn goodbye(reason: &str) -> Option<String> {
+    let signal = match reason {
+        "client disconnected" | "client closed the connection" => return None,
+        "client silent past the keepalive timeout" => return None,
         "terminated by the administrator"
         | "certificate revoked"
-        | "replaced by a new session of the same identity" => Some("HALT"),
-        _ => Some("RESTART"),
-    }
+        | "replaced by a new session of the same identity" => "HALT",
+        MOVED => return Some(format!("RESTART,[N]:{reason}")),
+        _ => "RESTART",
+    };
+    Some(format!("{signal},{reason}"))
 }
 
 fn failure(start: &Start, common_name: Option<String>, reason: &str) -> Record {
