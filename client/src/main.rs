@@ -170,6 +170,12 @@ async fn keep_connected(
                         }
                         continue;
                     }
+                    Some(Err(e)) if !once && profile.remotes.len() > 1 => {
+                        // The gateway is gone: another may be there
+                        // already (the lost one is tried last).
+                        eprintln!("cvpn-client: {e:#}; trying the other gateways");
+                        continue;
+                    }
                     Some(Err(e)) => e,
                 }
             }

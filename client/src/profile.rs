@@ -276,12 +276,19 @@ pub fn parse(
             }
             "server-poll-timeout" => {
                 want(1, 1)?;
-                let secs = args[0].parse::<u64>().ok().filter(|s| *s > 0).ok_or_else(|| {
-                    err(
-                        n,
-                        format!("server-poll-timeout: {:?} is not a number of seconds", args[0]),
-                    )
-                })?;
+                let secs = args[0]
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| {
+                        err(
+                            n,
+                            format!(
+                                "server-poll-timeout: {:?} is not a number of seconds",
+                                args[0]
+                            ),
+                        )
+                    })?;
                 server_poll_timeout = Duration::from_secs(secs);
             }
             "connect-retry-max" => {

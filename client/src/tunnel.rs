@@ -244,7 +244,13 @@ async fn endpoint_to_tun<R: AsyncRead + Unpin>(
             }
         };
         match read {
-            Ok(0) => return Ok("the endpoint closed the connection".into()),
+            // Closed without a word (a disconnect message comes first
+            // otherwise): the endpoint died.
+            Ok(0) => {
+                return Err(anyhow!(
+                    "connection lost: the endpoint closed the connection"
+                ));
+            }
             Ok(_) => {}
             Err(e) => return Err(anyhow!("connection lost: {e}")),
         }

@@ -6,12 +6,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use cvpn_gw::config::digest::differing;
 use cvpn_gw::config::{Config, RouteTarget};
+use cvpn_gw::control;
 use cvpn_gw::export::{ProfileParts, render_profile};
 use cvpn_gw::policy::Policy;
 use cvpn_gw::protocol::openvpn::tls_crypt::StaticKey;
 use cvpn_gw::tls::CrlHealth;
 use cvpn_proto::text::{Untrusted, untrusted};
-use cvpn_gw::control;
 use serde_json::{Value, json};
 
 /// A byte counter's cell: "-" for another node's session (its counters
@@ -173,7 +173,11 @@ pub fn check(path: &Path) -> Result<()> {
 /// HOST:PORT split (the host without IPv6 brackets).
 fn host_port(text: &str) -> Result<(String, u16)> {
     let (h, p) = text.rsplit_once(':').context("expected HOST:PORT")?;
-    let port = p.parse::<u16>().ok().filter(|p| *p != 0).context("bad port")?;
+    let port = p
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .context("bad port")?;
     Ok((h.trim_matches(['[', ']']).to_string(), port))
 }
 
@@ -422,9 +426,11 @@ pub async fn drain(control: &Path, timeout: Duration) -> Result<()> {
         let req = json!({"command": "connections"});
         match control::request(control, req).await {
             Ok(v) => {
-                let here = v["connections"]
-                    .as_array()
-                    .map(|l| l.iter().filter(|c| c.get("ingress-bytes").is_some()).count());
+                let here = v["connections"].as_array().map(|l| {
+                    l.iter()
+                        .filter(|c| c.get("ingress-bytes").is_some())
+                        .count()
+                });
                 if here != last {
                     println!("{} session(s) left", here.unwrap_or(0));
                     last = here;
@@ -440,7 +446,10 @@ pub async fn drain(control: &Path, timeout: Duration) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    bail!("the gateway still runs {}s after the drain began", give_up.duration_since(started).as_secs())
+    bail!(
+        "the gateway still runs {}s after the drain began",
+        give_up.duration_since(started).as_secs()
+    )
 }
 
 #[cfg(test)]

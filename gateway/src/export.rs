@@ -4,7 +4,7 @@
 
 /// How long a client gives one node of a cluster to answer before it
 /// tries the next (seconds).
-pub const SERVER_POLL_TIMEOUT: u32 = 4;
+pub const SERVER_POLL_TIMEOUT: u32 = 2;
 
 /// What goes into a profile.
 pub struct ProfileParts<'a> {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod checks;
+pub mod cluster_bed;
 pub mod etcd;
 pub mod netns;
 pub mod openvpn;

@@ -2,6 +2,7 @@
 //! with TLS when configured, and short timeouts so that a store outage is
 //! seen in seconds.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
@@ -39,7 +40,13 @@ fn read(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, StoreError
     })
 }
 
-/// Connects to the cluster's etcd members.
+/// Where the next connection starts among the members: each connection
+/// after a failure tries the next member first.
+static NEXT_MEMBER: AtomicUsize = AtomicUsize::new(0);
+
+/// Connects to one of the cluster's etcd members that answers, trying
+/// each in turn. One member at a time, rather than the client's balanced
+/// channel over all: that one keeps picking a member that is down.
 pub async fn connect(cluster: &Cluster) -> Result<Client, StoreError> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
@@ -58,9 +65,28 @@ pub async fn connect(cluster: &Cluster) -> Result<Client, StoreError> {
         }
         options = options.with_tls(tls);
     }
-    Client::connect(&cluster.etcd, Some(options))
-        .await
-        .map_err(|source| etcd_error(cluster, source))
+    let members = &cluster.etcd;
+    let first = NEXT_MEMBER.fetch_add(1, Ordering::Relaxed);
+    let mut last = None;
+    for i in 0..members.len() {
+        let member = &members[(first + i) % members.len()];
+        let answered = async {
+            let mut client = Client::connect([member], Some(options.clone())).await?;
+            client.status().await?;
+            Ok::<_, etcd_client::Error>(client)
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT + REQUEST_TIMEOUT, answered).await {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e)) => last = Some(e),
+            Err(_) => {
+                last = Some(etcd_client::Error::InvalidArgs(format!(
+                    "{member}: no answer"
+                )))
+            }
+        }
+    }
+    let source = last.unwrap_or_else(|| etcd_client::Error::InvalidArgs("no etcd member".into()));
+    Err(etcd_error(cluster, source))
 }
 
 /// An etcd error, naming the members asked.

@@ -70,7 +70,7 @@ pub const DRAINING: &str = "the gateway is draining (connect to another gateway)
 pub const CLUSTER_KEEPALIVE: Duration = Duration::from_secs(1);
 /// How long an OpenVPN client of a cluster waits for a sign of life
 /// before it reconnects (pushed `ping-restart`).
-pub const CLUSTER_PING_RESTART: Duration = Duration::from_secs(4);
+pub const CLUSTER_PING_RESTART: Duration = Duration::from_secs(3);
 
 /// The inside of the endpoint: the tun device toward the target networks.
 pub trait Inside: Send + Sync {
