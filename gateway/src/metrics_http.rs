@@ -78,13 +78,7 @@ fn body(ep: &Endpoint) -> String {
         active: &active,
         free_addresses: u64::from(free),
         crl_seconds_to_expiry: crl_seconds_to_expiry(ep),
-        cluster: ep.config().cluster.as_ref().map(|_| {
-            let c = &ep.cluster_state;
-            (
-                c.store_up.load(std::sync::atomic::Ordering::Relaxed),
-                c.nodes.load(std::sync::atomic::Ordering::Relaxed),
-            )
-        }),
+        cluster: ep.config().cluster.as_ref().map(|_| &ep.cluster_state),
     })
 }
 

@@ -110,7 +110,9 @@ fn nodes_register_and_status_flags_a_differing_policy() {
         std::thread::sleep(Duration::from_millis(250));
     };
     assert!(
-        metrics.contains("cvpn_cluster_store_up 1") && metrics.contains("cvpn_cluster_nodes 2"),
+        metrics.contains("cvpn_cluster_store_up 1")
+            && metrics.contains("cvpn_cluster_nodes 2")
+            && metrics.contains("cvpn_cluster_store_latency_seconds_count "),
         "{metrics}"
     );
 

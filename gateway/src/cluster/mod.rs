@@ -77,11 +77,12 @@ pub fn start(
             })
             .collect()
     };
-    let report = move |up: bool, nodes: Option<u64>| {
+    let report = move |up: bool, beat: Option<(u64, std::time::Duration)>| {
         let state = &ep3.cluster_state;
         state.store_up.store(up, Ordering::Relaxed);
-        if let Some(n) = nodes {
-            state.nodes.store(n, Ordering::Relaxed);
+        if let Some((nodes, took)) = beat {
+            state.nodes.store(nodes, Ordering::Relaxed);
+            state.store_latency.observe(took.as_secs_f64());
         }
     };
     let node = nodes::Node {

@@ -81,13 +81,13 @@ pub async fn list(cluster: &Cluster) -> Result<Vec<NodeRecord>, StoreError> {
 
 /// Keeps this node's record in etcd for as long as the process runs:
 /// `record` is asked for the current record at each heartbeat; `report`
-/// is told after each whether the store answered and how many nodes are
-/// live. Reconnects (and re-registers under a new lease) by itself after
+/// is told after each whether the store answered, and if so how many
+/// nodes are live and how long the heartbeat's requests took. Reconnects (and re-registers under a new lease) by itself after
 /// a store outage.
 pub async fn keep_registered(
     cluster: Cluster,
     node: Node<impl Fn() -> NodeRecord, impl Fn() -> Vec<(String, Vec<u8>)>>,
-    report: impl Fn(bool, Option<u64>),
+    report: impl Fn(bool, Option<(u64, Duration)>),
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Node {
@@ -133,7 +133,7 @@ async fn register_once(
         &impl Fn() -> Vec<(String, Vec<u8>)>,
         &mut Changes,
     ),
-    report: &impl Fn(bool, Option<u64>),
+    report: &impl Fn(bool, Option<(u64, Duration)>),
     current: &Mutex<Option<(etcd_client::Client, i64)>>,
 ) -> Result<(), StoreError> {
     let e = |source| store::etcd_error(cluster, source);
@@ -152,6 +152,7 @@ async fn register_once(
     // The first tick is at once.
     beat.tick().await;
     loop {
+        let sent = tokio::time::Instant::now();
         let value = serde_json::to_vec(&record()).unwrap_or_default();
         client
             .put(
@@ -180,7 +181,10 @@ async fn register_once(
             .await
             .map_err(e)?
             .count();
-        report(true, u64::try_from(live).ok());
+        report(
+            true,
+            Some((u64::try_from(live).unwrap_or(0), sent.elapsed())),
+        );
         // Entries change as they come, between heartbeats.
         loop {
             tokio::select! {

@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 
 use super::connlog::Traffic;
 use super::session::Protocol;
-use super::tally::{Drops, FAILURE_REASONS, Tally, index_of, values};
+use super::tally::{ClusterState, Drops, FAILURE_REASONS, Tally, index_of, values};
 
 /// The content type of a scrape.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -34,9 +34,8 @@ pub struct Snapshot<'a> {
     /// Seconds until the CRL's next update (negative: expired), if the
     /// endpoint has one.
     pub crl_seconds_to_expiry: Option<i64>,
-    /// With `[cluster]`: whether the store answered the last heartbeat,
-    /// and the live nodes then.
-    pub cluster: Option<(bool, u64)>,
+    /// With `[cluster]`: what the node knows of its cluster.
+    pub cluster: Option<&'a ClusterState>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -200,18 +199,23 @@ pub fn render(s: &Snapshot) -> String {
             secs,
         );
     }
-    if let Some((up, nodes)) = s.cluster {
+    if let Some(c) = s.cluster {
         gauge(
             &mut r,
             "cluster_store_up",
             "1 if the cluster's etcd answered this node's last heartbeat",
-            i64::from(up),
+            i64::from(c.store_up.load(Ordering::Relaxed)),
         );
         gauge(
             &mut r,
             "cluster_nodes",
             "Live nodes of the cluster at this node's last heartbeat",
-            nodes as i64,
+            c.nodes.load(Ordering::Relaxed) as i64,
+        );
+        r.register(
+            "cluster_store_latency_seconds",
+            "How long each heartbeat's requests to the cluster's etcd took",
+            c.store_latency.clone(),
         );
     }
     r.register(
@@ -278,8 +282,12 @@ mod tests {
         tally.session_started(0.03);
         let drops = Drops::default();
         drops.denied.fetch_add(7, Ordering::Relaxed);
+        let cluster = ClusterState::default();
+        cluster.store_up.store(true, Ordering::Relaxed);
+        cluster.nodes.store(3, Ordering::Relaxed);
+        cluster.store_latency.observe(0.004);
         let text = render(&Snapshot {
-            cluster: Some((true, 3)),
+            cluster: Some(&cluster),
             tally: &tally,
             drops: &drops,
             active: &[
@@ -304,6 +312,9 @@ mod tests {
             "cvpn_dropped_packets_total{reason=\"not_authorized\"} 7",
             "cvpn_crl_seconds_to_expiry -5",
             "cvpn_handshake_duration_seconds_count 1",
+            "cvpn_cluster_store_up 1",
+            "cvpn_cluster_nodes 3",
+            "cvpn_cluster_store_latency_seconds_count 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

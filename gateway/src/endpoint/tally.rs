@@ -31,12 +31,24 @@ pub struct Drops {
 }
 
 /// What this node knows of its cluster (with `[cluster]`).
-#[derive(Default)]
 pub struct ClusterState {
     /// The store answered the last heartbeat.
     pub store_up: std::sync::atomic::AtomicBool,
     /// Live nodes at the last heartbeat.
     pub nodes: AtomicU64,
+    /// How long each heartbeat's requests to the store took (seconds).
+    pub store_latency: Histogram,
+}
+
+impl Default for ClusterState {
+    fn default() -> ClusterState {
+        ClusterState {
+            store_up: Default::default(),
+            nodes: Default::default(),
+            // 1 ms to 4 s.
+            store_latency: Histogram::new(exponential_buckets(0.001, 2.0, 13)),
+        }
+    }
 }
 
 /// Why connection attempts fail, as few labels as tell them apart.
