@@ -35,7 +35,7 @@ fn terminate_replacement_and_revocation_reach_every_node() {
         &cluster_table("gw-b", "198.18.0.1:443", &etcd),
         RULES,
     );
-    let _gw_a = a.start_gateway(&config_a);
+    let mut gw_a = a.start_gateway(&config_a);
     let _gw_b = b.start_gateway(&config_b);
 
     // terminate on gw-b ends carol's session on gw-a.
@@ -96,4 +96,44 @@ fn terminate_replacement_and_revocation_reach_every_node() {
             refused.output()
         );
     }
+
+    // gw-a cut off from the store while it moves on and compacts its
+    // history: gw-a's watch cannot resume where it was, lists anew, and
+    // still hears the requests of other nodes.
+    a.pki.ok(&["issue", "client", "erin"]);
+    let erin = a.export_profile("erin", 0);
+    let mut erin_on_a = a.connect(0, &erin);
+    cvpn_e2e::netns::sh_ok(&a.gateway, "ip link set etcd0 down");
+    let member = format!("http://{}:2379", cvpn_e2e::etcd::MEMBERS[0]);
+    // Keys outside the cluster's prefix: only the revision moves.
+    cvpn_e2e::netns::sh_ok(
+        &etcd.ns,
+        &format!(
+            "for i in 1 2 3 4 5; do k=$(printf other/$i | base64 -w0); \
+             curl -sf -X POST {member}/v3/kv/put -d \"{{\\\"key\\\":\\\"$k\\\",\\\"value\\\":\\\"eA==\\\"}}\"; done"
+        ),
+    );
+    let head = cvpn_e2e::netns::sh_ok(
+        &etcd.ns,
+        &format!("curl -sf -X POST {member}/v3/kv/range -d '{{\"key\":\"AA==\"}}'"),
+    );
+    let revision: serde_json::Value = serde_json::from_str(&head).unwrap();
+    let revision = revision["header"]["revision"].as_str().unwrap().to_string();
+    cvpn_e2e::netns::sh_ok(
+        &etcd.ns,
+        &format!("curl -sf -X POST {member}/v3/kv/compaction -d '{{\"revision\":\"{revision}\"}}'"),
+    );
+    // Long enough for gw-a to see its connection to the store is gone.
+    std::thread::sleep(Duration::from_secs(6));
+    cvpn_e2e::netns::sh_ok(&a.gateway, "ip link set etcd0 up");
+    gw_a.wait_for("listing anew", 20);
+    let asked = Instant::now();
+    cvpn_e2e::ok(
+        std::process::Command::new(cvpn_e2e::bin("cvpn-gw"))
+            .args(["terminate", "--cn", "erin", "--control"])
+            .arg(b.control_socket()),
+    );
+    let (took, out) = ended(&mut erin_on_a, asked);
+    assert!(out.contains("terminated by the administrator"), "{out}");
+    assert!(took <= Duration::from_secs(2), "{took:?}");
 }
