@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use etcd_client::{GetOptions, PutOptions};
+use etcd_client::{GetOptions, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -17,6 +17,9 @@ use crate::config::Cluster;
 /// The lease of a node's keys: it is gone this long after it stops
 /// renewing.
 pub const LEASE_TTL: i64 = 10;
+/// Changes written in one transaction at most (etcd takes 128 operations
+/// per transaction by default).
+const MAX_BATCH: usize = 128;
 /// How often the lease is renewed and the record rewritten.
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
 
@@ -190,12 +193,30 @@ async fn register_once(
             tokio::select! {
                 _ = beat.tick() => break,
                 change = changes.recv() => {
-                    let Some((key, value)) = change else { break };
-                    let key = format!("{}{key}", cluster.prefix);
-                    match value {
-                        Some(v) => drop(client.put(key, v, with_lease()).await.map_err(e)?),
-                        None => drop(client.delete(key, None).await.map_err(e)?),
+                    let Some(first) = change else { break };
+                    // What else is queued goes in the same transaction:
+                    // one round trip (and one commit) for a burst. A key
+                    // appears once in a transaction: its last change.
+                    let mut batch: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+                    let mut next = Some(first);
+                    while let Some((key, value)) = next {
+                        match batch.iter_mut().find(|(k, _)| *k == key) {
+                            Some(slot) => slot.1 = value,
+                            None => batch.push((key, value)),
+                        }
+                        next = if batch.len() < MAX_BATCH { changes.try_recv().ok() } else { None };
                     }
+                    let ops: Vec<TxnOp> = batch
+                        .into_iter()
+                        .map(|(key, value)| {
+                            let key = format!("{}{key}", cluster.prefix);
+                            match value {
+                                Some(v) => TxnOp::put(key, v, with_lease()),
+                                None => TxnOp::delete(key, None),
+                            }
+                        })
+                        .collect();
+                    client.txn(Txn::new().and_then(ops)).await.map_err(e)?;
                 }
             }
         }

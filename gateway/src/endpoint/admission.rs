@@ -2,8 +2,10 @@
 //! sticky address, checked and assigned as one step; the end of a session;
 //! and the lease table kept in `state_dir` across restarts.
 
+use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cvpn_proto::text::untrusted;
@@ -18,12 +20,68 @@ use super::lease::{self, Leases};
 use super::pool::Pool;
 use super::session::Session;
 
-/// Proof that a client was admitted: its address, and the admission lock
-/// held until its session is registered.
+/// Shards of the admission lock: admissions of identities in different
+/// shards run side by side (each may wait for a cluster's store), an
+/// identity's own one at a time.
+const SHARDS: usize = 64;
+
+/// The admission locks, and the admissions between their checks and
+/// their sessions' registration (counted against `max_connections`).
+pub struct AdmissionLocks {
+    shards: Vec<tokio::sync::Mutex<()>>,
+    in_flight: AtomicUsize,
+}
+
+impl Default for AdmissionLocks {
+    fn default() -> AdmissionLocks {
+        AdmissionLocks {
+            shards: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl AdmissionLocks {
+    /// The lock of `identity`'s shard.
+    fn of(&self, identity: &str) -> &tokio::sync::Mutex<()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        identity.hash(&mut h);
+        &self.shards[h.finish() as usize % SHARDS]
+    }
+
+    /// Every shard's lock: no admission is under way while they are held.
+    pub async fn all(&self) -> Vec<tokio::sync::MutexGuard<'_, ()>> {
+        let mut held = Vec::with_capacity(SHARDS);
+        for s in &self.shards {
+            held.push(s.lock().await);
+        }
+        held
+    }
+}
+
+/// An admission counted in `in_flight` until dropped.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Proof that a client was admitted: its address, and its identity's
+/// admission lock held until its session is registered.
 pub struct Admitted<'a> {
     /// The address assigned to the client.
     pub address: Ipv4Addr,
     _guard: tokio::sync::MutexGuard<'a, ()>,
+    _in_flight: InFlight<'a>,
+}
+
+/// Where in the pool a claim for `identity` looks at its `attempt`.
+fn spread(identity: &str, attempt: usize) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (identity, attempt).hash(&mut h);
+    h.finish()
 }
 
 /// Why a client is refused while the cluster's store does not answer
@@ -49,7 +107,7 @@ impl Endpoint {
     /// client is refused. The caller registers the session (`start`)
     /// before letting go of the admission.
     pub async fn admit(&self, common_name: &str) -> Result<Admitted<'_>, String> {
-        let guard = self.admission.lock().await;
+        let guard = self.admission.of(common_name).lock().await;
         if self.draining() {
             return Err(super::DRAINING.into());
         }
@@ -103,7 +161,10 @@ impl Endpoint {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let max = self.config().max_connections;
-        if self.sessions.len() >= max as usize {
+        let in_flight = &self.admission.in_flight;
+        let others = in_flight.fetch_add(1, Ordering::Relaxed);
+        let reserved = InFlight(in_flight);
+        if self.sessions.len() + others >= max as usize {
             return Err(format!("the endpoint is at max_connections ({max})"));
         }
         let address = match self.shared_leases.get() {
@@ -116,6 +177,7 @@ impl Endpoint {
         Ok(Admitted {
             address,
             _guard: guard,
+            _in_flight: reserved,
         })
     }
 
@@ -128,16 +190,25 @@ impl Endpoint {
         common_name: &str,
     ) -> Result<Ipv4Addr, String> {
         let mut leased = shared.leased(common_name).await.map_err(unavailable)?;
-        for _ in 0..CLAIM_ATTEMPTS {
+        for attempt in 0..CLAIM_ATTEMPTS {
             let candidate = match leased {
-                Some(a) => self
-                    .leases()
-                    .assign_exact(common_name, a)
-                    .ok_or_else(|| format!("its address {a} is still in use on this gateway"))?,
-                None => self
-                    .leases()
-                    .assign(common_name)
-                    .ok_or_else(|| "no free address in client_cidr".to_string())?,
+                Some(a) => {
+                    // The store's lease is the identity's for good (its
+                    // address key was created with it): nothing to claim.
+                    return self
+                        .leases()
+                        .assign_exact(common_name, a)
+                        .ok_or_else(|| format!("its address {a} is still in use on this gateway"));
+                }
+                None => {
+                    // Each attempt looks elsewhere, as each node does for
+                    // each identity: racing claims rarely meet.
+                    let mut leases = self.leases();
+                    leases.look_from(spread(common_name, attempt));
+                    leases
+                        .assign(common_name)
+                        .ok_or_else(|| "no free address in client_cidr".to_string())?
+                }
             };
             let answer = shared.claim(common_name, candidate).await;
             let claim = match answer {

@@ -28,7 +28,7 @@ impl Endpoint {
     /// move. Returns how many were told.
     pub async fn drain(&self, timeout: Duration) -> usize {
         // Under the admission lock: no admission is half done.
-        let _admission = self.admission.lock().await;
+        let _admission = self.admission.all().await;
         let deadline = Instant::now() + timeout;
         let mut slot = self
             .drain

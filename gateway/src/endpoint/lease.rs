@@ -120,6 +120,12 @@ impl Leases {
         Some(addr)
     }
 
+    /// Makes the next `assign` of a new identity look from a place
+    /// derived from `hint` (see `Pool::look_from`).
+    pub fn look_from(&mut self, hint: u64) {
+        self.pool.look_from(hint);
+    }
+
     /// `addr` for `identity` exactly (a cluster leased it so): taken from
     /// the pool and leased here too. None: it is in use on this gateway.
     pub fn assign_exact(&mut self, identity: &str, addr: Ipv4Addr) -> Option<Ipv4Addr> {

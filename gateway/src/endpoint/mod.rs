@@ -145,7 +145,7 @@ pub struct Endpoint {
     /// The gateway's own address in the client CIDR.
     pub gateway_addr: Ipv4Addr,
     leases: Mutex<Leases>,
-    admission: tokio::sync::Mutex<()>,
+    admission: admission::AdmissionLocks,
     failures: Mutex<FailureTally>,
     connlog: Option<Arc<JsonLog>>,
     /// Every log file, for `reopen_logs`.
@@ -228,7 +228,7 @@ impl Endpoint {
             tally: Tally::default(),
             gateway_addr: leases.gateway_address(),
             leases: Mutex::new(leases),
-            admission: tokio::sync::Mutex::new(()),
+            admission: Default::default(),
             failures: Mutex::new(FailureTally::default()),
             logs: Mutex::new(connlog.iter().cloned().collect()),
             connlog,

@@ -123,6 +123,13 @@ impl Pool {
         self.allocate()
     }
 
+    /// Moves where the next allocation starts looking to a place derived
+    /// from `hint`: nodes of a cluster that allocate for different
+    /// identities at once then rarely pick the same address.
+    pub fn look_from(&mut self, hint: u64) {
+        self.cursor = (hint % u64::from(self.size())) as u32;
+    }
+
     /// Returns `addr` to the pool; reserved or foreign addresses are ignored.
     pub fn release(&mut self, addr: Ipv4Addr) {
         let Some(offset) = self.host_offset(addr).filter(|o| self.is_used(*o)) else {
