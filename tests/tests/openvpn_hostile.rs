@@ -158,7 +158,7 @@ fn a_full_endpoint_refuses_with_temp_and_the_client_gets_in_later() {
     let mut a = openvpn(&tb, &gw, 0, &first, &[]);
     let mut b = spawn_openvpn(&tb, 1, &second, &[]);
     b.wait_for(
-        "AUTH_FAILED,TEMP[backoff 10]:the endpoint is at max_connections (1)",
+        "AUTH_FAILED,TEMP[backoff 10,advance remote]:the endpoint is at max_connections (1)",
         20,
     );
     // A temporary refusal: the client retries rather than stopping.

@@ -94,7 +94,49 @@ pub fn hex(number: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use cvpn_pki::KeyType;
+    use cvpn_pki::store::{Request, Store};
+
     use super::higher;
+    use crate::config::TlsFiles;
+    use crate::tls::{crl_facts, load_crl};
+
+    fn ca(dir: &std::path::Path, cn: &str) -> Store {
+        let store = Store::new(dir);
+        store.init(cn, 30, KeyType::EcdsaP256).unwrap();
+        store
+    }
+
+    #[test]
+    fn a_crl_counts_only_from_the_client_ca_and_revoking_raises_its_number() {
+        let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (ours, theirs) = (ca(ours.path(), "Our CA"), ca(theirs.path(), "Their CA"));
+        let files = TlsFiles {
+            cert: ours.ca_cert_path(),
+            key: ours.ca_cert_path(),
+            client_ca: ours.ca_cert_path(),
+            crl: None,
+            tls_crypt: None,
+            min_version: crate::config::TlsVersion::Tls12,
+            reneg: crate::config::DEFAULT_RENEG,
+        };
+        let der = |s: &Store| load_crl(&s.crl_path()).unwrap().as_ref().to_vec();
+        let (first, revoked) = crl_facts(&files, &der(&ours)).unwrap();
+        assert!(revoked.is_empty());
+        let why = crl_facts(&files, &der(&theirs)).unwrap_err();
+        assert!(why.contains("not signed by the client CA"), "{why}");
+        assert!(
+            crl_facts(&files, b"not a CRL")
+                .unwrap_err()
+                .contains("not a CRL")
+        );
+        ours.issue("bob", Request::Client { groups: &[] }, 30, None)
+            .unwrap();
+        ours.revoke("bob").unwrap();
+        let (second, revoked) = crl_facts(&files, &der(&ours)).unwrap();
+        assert_eq!(revoked.len(), 1);
+        assert!(higher(&second, &first), "{second:?} after {first:?}");
+    }
 
     #[test]
     fn the_higher_number_wins_whatever_its_length() {
