@@ -31,29 +31,32 @@ bench_prepare cvpn-bench openvpn ocserv openconnect vpnc-scripts jq iperf3
 "$BIN/cvpn-pki" --dir "$WORK/pki" issue client bench >/dev/null
 "$BIN/cvpn-pki" --dir "$WORK/pki" issue client bench2 >/dev/null
 
-declare -A UP DOWN UP4 RTT CPU
-# CPU seconds of the gateway namespace per Gbit carried, over one stream
-# up and one down: "nan" where nothing runs there (plain forwarding).
-cpu_per_gbit() { # cpu_per_gbit "GBPS CPU" "GBPS CPU"
-  awk -v s="$BENCH_SECONDS" -v a="$1" -v b="$2" 'BEGIN {
-    split(a, x, " "); split(b, y, " "); gbit = (x[1] + y[1]) * s; cpu = x[2] + y[2]
-    if (gbit <= 0 || cpu <= 0 || x[1] == "nan" || y[1] == "nan") print "nan"; else printf "%.3f\n", cpu / gbit }'
+declare -A UP DOWN UP4 RTT CPU CPU_UP CPU_DOWN
+# CPU seconds of the gateway namespace per Gbit carried over the streams
+# given ("GBPS CPU" each): "nan" where nothing runs there (plain
+# forwarding).
+cpu_per_gbit() { # cpu_per_gbit "GBPS CPU"...
+  printf '%s\n' "$@" | awk -v s="$BENCH_SECONDS" '{ if ($1 == "nan") bad = 1; gbit += $1 * s; cpu += $2 }
+    END { if (bad || gbit <= 0 || cpu <= 0) print "nan"; else printf "%.3f\n", cpu / gbit }'
 }
 measure() { # measure NAME: RUNS rounds of each test on the running system
-  local up=() down=() up4=() rtt=() cpu=() i u d
+  local up=() down=() up4=() rtt=() cpu=() cpu_up=() cpu_down=() i u d
   for ((i = 0; i < RUNS; i++)); do
     u=$(iperf_gbps_cpu)
     d=$(iperf_gbps_cpu -R)
     up+=("${u% *}")
     down+=("${d% *}")
     cpu+=("$(cpu_per_gbit "$u" "$d")")
+    cpu_up+=("$(cpu_per_gbit "$u")")
+    cpu_down+=("$(cpu_per_gbit "$d")")
     up4+=("$(iperf_gbps -P 4)")
     rtt+=("$(ping_ms)")
   done
   UP[$1]=$(median "${up[@]}"); DOWN[$1]=$(median "${down[@]}")
   UP4[$1]=$(median "${up4[@]}"); RTT[$1]=$(median "${rtt[@]}")
   CPU[$1]=$(median "${cpu[@]}")
-  echo "  $1: up ${up[*]} | down ${down[*]} | up x4 ${up4[*]} | rtt ${rtt[*]} ms | gateway CPU s/Gbit ${cpu[*]}" >&2
+  CPU_UP[$1]=$(median "${cpu_up[@]}"); CPU_DOWN[$1]=$(median "${cpu_down[@]}")
+  echo "  $1: up ${up[*]} | down ${down[*]} | up x4 ${up4[*]} | rtt ${rtt[*]} ms | gateway CPU s/Gbit ${cpu[*]} (up ${cpu_up[*]}, down ${cpu_down[*]})" >&2
 }
 
 for s in $SYSTEMS; do
@@ -86,12 +89,12 @@ fi
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 0) print "-"; else printf "%.1fx", a / b }'; }
 echo
 echo "Medians of $RUNS runs, ${BENCH_SECONDS}s each, iperf3 TCP client -> target (up) and target -> client (down); $(nproc) cores."
-echo "gw CPU s/Gbit: CPU seconds (user + system) of the processes in the gateway namespace per Gbit of the up and down streams."
+echo "gw CPU s/Gbit: CPU seconds (user + system) of the processes in the gateway namespace per Gbit of the up and down streams (both, up alone, down alone)."
 echo
-printf '| %-24s | %12s | %12s | %12s | %10s | %13s |\n' system "up Gbit/s" "down Gbit/s" "up x4 Gbit/s" "RTT ms" "gw CPU s/Gbit"
-printf '|%s|%s|%s|%s|%s|%s|\n' "--------------------------" "-------------:" "-------------:" "-------------:" "-----------:" "--------------:"
+printf '| %-24s | %12s | %12s | %12s | %10s | %13s | %10s | %10s |\n' system "up Gbit/s" "down Gbit/s" "up x4 Gbit/s" "RTT ms" "gw CPU s/Gbit" "gw CPU up" "gw CPU down"
+printf '|%s|%s|%s|%s|%s|%s|%s|%s|\n' "--------------------------" "-------------:" "-------------:" "-------------:" "-----------:" "--------------:" "-----------:" "-----------:"
 for s in $SYSTEMS; do
-  printf '| %-24s | %12s | %12s | %12s | %10s | %13s |\n' "$s" "${UP[$s]:-nan}" "${DOWN[$s]:-nan}" "${UP4[$s]:-nan}" "${RTT[$s]:-nan}" "${CPU[$s]:-nan}"
+  printf '| %-24s | %12s | %12s | %12s | %10s | %13s | %10s | %10s |\n' "$s" "${UP[$s]:-nan}" "${DOWN[$s]:-nan}" "${UP4[$s]:-nan}" "${RTT[$s]:-nan}" "${CPU[$s]:-nan}" "${CPU_UP[$s]:-nan}" "${CPU_DOWN[$s]:-nan}"
 done
 ms_diff() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan") print "-"; else printf "%+.3f", a - b }'; }
 if [[ -n "${UP[cvpn]:-}${UP[cvpn-udp]:-}" ]]; then
