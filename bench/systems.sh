@@ -83,6 +83,7 @@ listen = "$GW_OUT:443"
 client_cidr = "${1:-10.250.0.0/22}"
 control_socket = "$WORK/cvpn-gw.sock"
 transport_protocol = "${CVPN_TRANSPORT:-tcp}"
+${CVPN_DATA_THREADS:+data_threads = $CVPN_DATA_THREADS}
 state_dir = "$WORK/state"
 # One source opens every load session: no per-source or endpoint cap.
 handshake_rate_per_source = 1000000

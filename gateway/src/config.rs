@@ -26,6 +26,8 @@ pub const DEFAULT_HANDSHAKE_RATE_PER_SOURCE: u32 = 20;
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 /// OpenVPN's reneg-sec default: keys are renegotiated hourly.
 pub const DEFAULT_RENEG: Duration = Duration::from_secs(3600);
+/// Packet threads at most (`data_threads`): the tun device's queue limit.
+pub const MAX_DATA_THREADS: i64 = 256;
 /// The longest `[tls] reneg_seconds` (a week).
 pub const MAX_RENEG_SECONDS: i64 = 7 * 24 * 3600;
 
@@ -46,6 +48,7 @@ struct RawConfig {
     flow_log_rate: Option<i64>,
     metrics_listen: Option<SocketAddr>,
     transport_protocol: Option<String>,
+    data_threads: Option<i64>,
     state_dir: Option<PathBuf>,
     max_sessions_per_identity: Option<i64>,
     max_connections: Option<i64>,
@@ -288,6 +291,9 @@ pub struct Config {
     /// `udp`: clients whose profile says `proto udp` also get the datagram
     /// channel on the same port number over UDP.
     pub transport_protocol: TransportProtocol,
+    /// Packet threads with `transport_protocol = "udp"`, each with a tun
+    /// queue and a UDP socket of its own (0: one per core).
+    pub data_threads: usize,
     /// The lease table (sticky addresses) and other state kept across
     /// restarts.
     pub state_dir: PathBuf,

@@ -239,8 +239,22 @@ fn connections(ep: &Endpoint) -> Value {
         })
         .collect();
     let d = &ep.drops;
+    let threads: Vec<Value> = ep.data_threads.get().map_or(Vec::new(), |t| {
+        t.rows()
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let mut v = json!({ "thread": i, "tun-queue": i });
+                for (key, n) in row.values() {
+                    v[key.replace('_', "-")] = json!(n);
+                }
+                v
+            })
+            .collect()
+    });
     json!({
         "connections": list,
+        "data-threads": threads,
         "drops": {
             "spoofed": d.spoofed.load(Ordering::Relaxed),
             "no_route": d.no_route.load(Ordering::Relaxed),

@@ -79,6 +79,7 @@ fn body(ep: &Endpoint) -> String {
         free_addresses: u64::from(free),
         crl_seconds_to_expiry: crl_seconds_to_expiry(ep),
         cluster: ep.config().cluster.as_ref().map(|_| &ep.cluster_state),
+        data_threads: ep.data_threads.get(),
     })
 }
 

@@ -1,12 +1,24 @@
-//! The packet thread (transport_protocol = "udp"): one poll loop over the
-//! tun device and the UDP socket, as ocserv's workers do. Datagrams from
-//! clients are opened, judged and written to the tun device here, and
-//! packets for clients are read here and sent as datagrams (or handed to
-//! the session's outbox). A reply the kernel queued during a datagram's
-//! tun write leaves from this thread before it sleeps again
+//! The packet threads (transport_protocol = "udp"): as many as
+//! `data_threads` says (0: one per core), each a poll loop over a UDP
+//! socket of its own on the listen address (SO_REUSEPORT: the kernel
+//! spreads clients over the sockets by their address hash, so one
+//! client's datagrams always reach the same thread) and a queue of its own
+//! of the multi-queue tun device (the kernel hands a flow's replies to
+//! the queue that wrote the flow), as ocserv's workers and wireguard-go's
+//! per-core routines do. The endpoint core (sessions, policy, counters) is
+//! shared; nothing on the per-packet path is a lock all threads take.
+//!
+//! Datagrams from clients are taken in batches (recvmmsg), opened and
+//! judged one by one, and what goes to the target networks is written to
+//! the tun queue at the end of the batch, consecutive TCP segments of one
+//! flow coalesced into one offload frame (inside/coalesce.rs). Packets
+//! for clients are read here and sent as datagrams (or handed to the
+//! session's outbox). A reply the kernel queued during the batch's tun
+//! writes leaves from this thread before it sleeps again
 //! (bench/README.md: idle RTT, 15-30 µs less than with the tun device in
 //! the runtime).
 
+use std::net::UdpSocket;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,69 +30,114 @@ use tracing::debug;
 
 use crate::endpoint::Endpoint;
 use crate::endpoint::forward::{Reply, reply_buffer};
-use crate::inside::Tun;
-use crate::outside::udp::{self, Udp};
+use crate::endpoint::threads::ThreadCounters;
+use crate::inside::{self, Tun};
+use crate::outside::batch::Batch;
+use crate::outside::udp::Udp;
 
 /// Packets read from the tun device per wake-up at most.
 const BURST: usize = 64;
 /// How long the thread sleeps at most before looking at `stop`.
 const STOP_CHECK: Duration = Duration::from_millis(200);
 
+/// What one packet thread reads: its socket and its tun queue (index
+/// `index` of the device's queues).
+pub struct Lane {
+    /// The thread's number, from 0.
+    pub index: usize,
+    /// Its UDP socket, non-blocking, in the listen address's group.
+    pub socket: UdpSocket,
+}
+
 /// Runs until `stop` is set or the tun device fails.
 ///
-/// It reads one datagram per wake-up and then the tun device once, and
-/// goes back to poll(2) right after the reply is sent: poll is
-/// level-triggered, so whatever else is queued is read on the next turn,
-/// and no read that finds nothing is done between sending a reply and
-/// sleeping (work after a send delays the peer it woke when both share a
-/// CPU, bench/README.md).
-pub fn run(ep: Arc<Endpoint>, tun: Arc<Tun>, udp: Arc<Udp>, stop: Arc<AtomicBool>) -> Result<()> {
-    let Tun::Polled(tun) = &*tun else {
+/// Each turn takes whatever datagrams are queued and then the tun device
+/// once, and goes back to poll(2) right after the replies are sent: poll
+/// is level-triggered, so whatever else is queued is read on the next
+/// turn, and no read that finds nothing is done between sending a reply
+/// and sleeping (work after a send delays the peer it woke when both
+/// share a CPU, bench/README.md).
+pub fn run(
+    ep: Arc<Endpoint>,
+    tun: Arc<Tun>,
+    udp: Arc<Udp>,
+    lane: Lane,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    let Tun::Polled(queues) = &*tun else {
         return Ok(());
     };
+    let Some(queue) = queues.get(lane.index) else {
+        return Ok(());
+    };
+    let Some(counters) = ep.data_threads.get().map(|t| t.row(lane.index)) else {
+        return Ok(());
+    };
+    inside::use_queue(lane.index);
     let mut tun_buf = vec![0u8; cvpn_proto::MAX_PACKET_FRAME];
-    let mut dgram_buf = vec![0u8; 64 * 1024];
+    let mut batch = Batch::default();
     let mut reply = reply_buffer();
-    let mut pktinfo = udp::pktinfo_space();
     while !stop.load(Ordering::Relaxed) {
-        let ready = wait(tun, &udp.socket)?;
-        if ready.datagram && one_datagram(&ep, &udp, &mut dgram_buf, &mut pktinfo, &mut reply) {
-            drain_tun(&ep, tun, &mut tun_buf, 1)?;
+        let ready = wait(queue, &lane.socket)?;
+        let io = (&lane.socket, queue);
+        if ready.datagram && datagrams(&ep, &udp, io, &mut batch, &mut reply, counters) {
+            drain_tun(&ep, queue, &mut tun_buf, 1, counters)?;
         }
         if ready.tun {
-            drain_tun(&ep, tun, &mut tun_buf, BURST)?;
+            drain_tun(&ep, queue, &mut tun_buf, BURST, counters)?;
         }
     }
     Ok(())
 }
 
-/// Opens and forwards one datagram queued on the socket; false if there
-/// was none.
-fn one_datagram(
+/// Opens and forwards the datagrams queued on the socket, then writes
+/// what they carried for the target networks; false if there were none.
+fn datagrams(
     ep: &Endpoint,
     udp: &Udp,
-    buf: &mut [u8],
-    pktinfo: &mut [u8],
+    (socket, queue): (&UdpSocket, &PolledTun),
+    batch: &mut Batch,
     reply: &mut Reply,
+    counters: &ThreadCounters,
 ) -> bool {
-    match udp::recv_with_local(&udp.socket, buf, pktinfo) {
-        Ok((len, from, local)) => {
-            udp.receive(ep, &mut buf[..len], from, local, reply);
-            true
-        }
+    let n = match batch.receive(socket) {
+        Ok(n) => n,
         Err(e) => {
-            // WouldBlock, or an ICMP error for an earlier send (reading it
-            // cleared it).
-            if e.kind() != std::io::ErrorKind::WouldBlock {
-                debug!(error = %e, "UDP receive");
-            }
-            false
+            // An ICMP error for an earlier send (reading it cleared it).
+            debug!(error = %e, "UDP receive");
+            return false;
         }
+    };
+    if n == 0 {
+        return false;
     }
+    inside::begin_batch();
+    for i in 0..n {
+        let Some((r, dgram)) = batch.datagram(i) else {
+            continue;
+        };
+        if r.truncated {
+            ep.drops.malformed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        udp.receive(ep, dgram, r.from, r.local, reply);
+    }
+    let (writes, merged) = inside::end_batch(queue);
+    ThreadCounters::add(&counters.datagrams, n as u64);
+    ThreadCounters::add(&counters.batches, 1);
+    ThreadCounters::add(&counters.tun_writes, writes);
+    ThreadCounters::add(&counters.coalesced, merged);
+    true
 }
 
-/// Hands up to `most` packets queued on the tun device to their sessions.
-fn drain_tun(ep: &Endpoint, tun: &PolledTun, buf: &mut [u8], most: usize) -> Result<()> {
+/// Hands up to `most` packets queued on the tun queue to their sessions.
+fn drain_tun(
+    ep: &Endpoint,
+    tun: &PolledTun,
+    buf: &mut [u8],
+    most: usize,
+    counters: &ThreadCounters,
+) -> Result<()> {
     let mut n = 0;
     while n < most {
         match tun.read(buf) {
@@ -93,6 +150,7 @@ fn drain_tun(ep: &Endpoint, tun: &PolledTun, buf: &mut [u8], most: usize) -> Res
             Err(e) => return Err(e).context("reading the tun device"),
         }
     }
+    ThreadCounters::add(&counters.tun_reads, n as u64);
     Ok(())
 }
 
@@ -101,9 +159,9 @@ struct Ready {
     datagram: bool,
 }
 
-/// Sleeps until the tun device or the socket has something to read (or
+/// Sleeps until the tun queue or the socket has something to read (or
 /// STOP_CHECK passes); says which.
-fn wait(tun: &PolledTun, sock: &std::net::UdpSocket) -> Result<Ready> {
+fn wait(tun: &PolledTun, sock: &UdpSocket) -> Result<Ready> {
     let mut fds = [
         PollFd::new(tun, PollFlags::IN),
         PollFd::new(sock, PollFlags::IN),

@@ -15,6 +15,7 @@ use crate::endpoint::admission::restore_leases;
 use crate::endpoint::jsonlog::JsonLog;
 use crate::endpoint::pool::Pool;
 use crate::endpoint::revocation::{Source, Taken};
+use crate::endpoint::threads::{DataThreads, thread_count};
 use crate::endpoint::{Endpoint, TUNNEL_MTU};
 use crate::inside::{self, Tun};
 use crate::netsetup::{self, nft};
@@ -22,6 +23,7 @@ use crate::outside::openvpn::Clients;
 use crate::outside::openvpn::udp::UdpServer;
 use crate::outside::udp::{self, Datagrams, Udp};
 use crate::outside::{Outside, tcp};
+use crate::packet_thread::Lane;
 use crate::policy::Policy;
 use crate::protocol::openvpn::tls_crypt::{StaticKey, TlsCrypt};
 use crate::{control, metrics_http, packet_thread, tls};
@@ -118,14 +120,21 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
-    let udp = match config.transport_protocol {
+    let lanes = match config.transport_protocol {
         TransportProtocol::Udp => {
-            let sock = std::net::UdpSocket::bind(config.listen)
-                .with_context(|| format!("listen: cannot bind {} for UDP", config.listen))?;
-            sock.set_nonblocking(true)?;
-            udp::want_local_address(&sock)
-                .with_context(|| format!("listen: IP_PKTINFO on {}", config.listen))?;
-            Some(sock)
+            let n = thread_count(config.data_threads);
+            let sockets = udp::bind_group(config.listen, n).with_context(|| {
+                format!(
+                    "listen: cannot bind {} for UDP ({n} sockets)",
+                    config.listen
+                )
+            })?;
+            let lanes: Vec<Lane> = sockets
+                .into_iter()
+                .enumerate()
+                .map(|(index, socket)| Lane { index, socket })
+                .collect();
+            Some(lanes)
         }
         TransportProtocol::Tcp => None,
     };
@@ -145,7 +154,7 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
         gateway_addr,
         netmask,
         TUNNEL_MTU,
-        udp.is_some(),
+        lanes.as_ref().map(Vec::len),
     )?);
     netsetup::set_txqueuelen(TUN_NAME, TUN_QUEUE_LEN).await?;
     // The tunnel carries IPv4 only: no IPv6 link-local chatter into it.
@@ -218,9 +227,10 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
         netsetup::sites::sync(TUN_NAME, &site_cidrs(c)).map_err(|e| e.to_string())
     }));
     let openvpn = Arc::new(Clients::new(tls_crypt.as_ref().map(TlsCrypt::server)));
-    let udp = match udp {
-        Some(socket) => {
-            let socket = Arc::new(socket);
+    let (udp, lanes) = match lanes {
+        Some(lanes) => {
+            let _ = ep.data_threads.set(DataThreads::new(lanes.len()));
+            let socket = Arc::new(lanes[0].socket.try_clone()?);
             let server = UdpServer::new(
                 ep.clone(),
                 openvpn.clone(),
@@ -228,13 +238,14 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
                 tokio::runtime::Handle::current(),
             )
             .context("no system randomness for the OpenVPN cookie key")?;
-            Some(Arc::new(Udp {
+            let udp = Arc::new(Udp {
                 socket,
                 cvpn: Datagrams::default(),
                 openvpn: Arc::new(server),
-            }))
+            });
+            (Some(udp), lanes)
         }
-        None => None,
+        None => (None, Vec::new()),
     };
     let out = Outside {
         ep: ep.clone(),
@@ -266,8 +277,15 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     let stop_packets = Arc::new(std::sync::atomic::AtomicBool::new(false));
     match &udp {
         Some(udp) => {
-            let (ep, tun, udp, stop) = (ep.clone(), tun.clone(), udp.clone(), stop_packets.clone());
-            tasks.spawn_blocking(move || packet_thread::run(ep, tun, udp, stop));
+            info!(
+                data_threads = lanes.len(),
+                "packet threads, each with a UDP socket and a tun queue"
+            );
+            for lane in lanes {
+                let (ep, tun, udp, stop) =
+                    (ep.clone(), tun.clone(), udp.clone(), stop_packets.clone());
+                tasks.spawn_blocking(move || packet_thread::run(ep, tun, udp, lane, stop));
+            }
         }
         None => {
             tasks.spawn(inside::tun_reader(ep.clone(), tun.clone()));

@@ -8,24 +8,58 @@
 //! caller polls on a thread of its own (the gateway's packet thread), so
 //! that no runtime is woken for packets it does not read.
 //!
-//! The `tun` crate creates the device; it has no call for TUNSETOFFLOAD, so
-//! this crate makes that one ioctl itself, and borrows the device's
-//! descriptor for poll(2) (the only unsafe code here).
+//! A [`PolledTun`] may be one of several queues of a multi-queue device
+//! ([`PolledTun::create_queues`]): each queue is a descriptor of its own,
+//! and the kernel hands a packet to the queue that wrote its flow last
+//! (else to one chosen by the flow's hash), so one thread per queue sees
+//! both directions of its flows.
+//!
+//! The `tun` crate creates single-queue devices and configures addresses;
+//! it has no call for TUNSETOFFLOAD nor for multi-queue devices, so this
+//! crate makes those ioctls itself, and borrows the device's descriptor
+//! for poll(2) (the only unsafe code here).
 
-use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 
+use tun::AbstractDevice;
+
+/// What can go wrong creating a tun device.
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
+    /// The `tun` crate refused or failed.
     #[error("cannot create tun device {name}: {source}")]
-    Create { name: String, source: tun::Error },
+    Create {
+        /// The device's name.
+        name: String,
+        /// Why.
+        source: tun::Error,
+    },
+    /// A step after creation failed.
     #[error("tun device {name}: {what}: {source}")]
     Setup {
+        /// The device's name.
         name: String,
+        /// The step.
         what: &'static str,
+        /// Why.
         source: std::io::Error,
     },
+    /// Configuring an address, netmask, MTU or the link state failed.
+    #[error("tun device {name}: {what}: {source}")]
+    Configure {
+        /// The device's name.
+        name: String,
+        /// The step.
+        what: &'static str,
+        /// Why.
+        source: tun::Error,
+    },
 }
+
+/// Queues of one device at most (the kernel's MAX_TAP_QUEUES is 256).
+pub const MAX_QUEUES: usize = 256;
 
 /// Offloads asked for: checksums, TCP segmentation for IPv4 and IPv6.
 const OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
@@ -48,6 +82,7 @@ fn setup_error(name: &str, what: &'static str) -> impl FnOnce(std::io::Error) ->
     move |source| TunError::Setup { name, what, source }
 }
 
+/// A tun device read and written through the tokio runtime.
 pub struct TunDevice {
     dev: tun::AsyncDevice,
 }
@@ -125,6 +160,65 @@ impl PolledTun {
         Ok(PolledTun { dev })
     }
 
+    /// Creates `name` as a multi-queue device with `queues` queues (1 to
+    /// MAX_QUEUES), addressed, up, with offloads, each queue non-blocking.
+    pub fn create_queues(
+        name: &str,
+        address: Ipv4Addr,
+        netmask: Ipv4Addr,
+        mtu: u16,
+        queues: usize,
+    ) -> Result<Vec<PolledTun>, TunError> {
+        let setup = |what| setup_error(name, what);
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Err(setup("the name must have 1 to 15 bytes")(
+                std::io::ErrorKind::InvalidInput.into(),
+            ));
+        }
+        if queues == 0 || queues > MAX_QUEUES {
+            return Err(setup("queues must be 1 to 256")(
+                std::io::ErrorKind::InvalidInput.into(),
+            ));
+        }
+        let mut out = Vec::with_capacity(queues);
+        for _ in 0..queues {
+            let fd = open_queue(name).map_err(setup("cannot attach a queue"))?;
+            let mut cfg = tun::Configuration::default();
+            cfg.raw_fd(fd.into_raw_fd())
+                .tun_name(name)
+                .close_fd_on_drop(true);
+            cfg.platform_config(|p| {
+                p.vnet_hdr(true);
+            });
+            let dev = tun::create(&cfg).map_err(|source| TunError::Create {
+                name: name.to_string(),
+                source,
+            })?;
+            dev.set_nonblock()
+                .map_err(setup("cannot make it non-blocking"))?;
+            out.push(PolledTun { dev });
+        }
+        let first = &mut out[0].dev;
+        set_offload(first.as_raw_fd(), OFFLOADS).map_err(setup("cannot enable offloads"))?;
+        let configure = |what| {
+            let name = name.to_string();
+            move |source| TunError::Configure { name, what, source }
+        };
+        first
+            .set_address(IpAddr::V4(address))
+            .map_err(configure("cannot set the address"))?;
+        first
+            .set_netmask(IpAddr::V4(netmask))
+            .map_err(configure("cannot set the netmask"))?;
+        first
+            .set_mtu(mtu)
+            .map_err(configure("cannot set the MTU"))?;
+        first
+            .enabled(true)
+            .map_err(configure("cannot bring it up"))?;
+        Ok(out)
+    }
+
     /// Reads one queued packet with its virtio-net header in front;
     /// WouldBlock if none is queued.
     pub fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -151,6 +245,41 @@ fn borrow<'a>(fd: std::os::fd::RawFd) -> BorrowedFd<'a> {
     // types own, and the borrow is used (poll) while that owner is
     // borrowed: the descriptor stays open for the borrow's lifetime.
     unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Opens /dev/net/tun and attaches it to `name` as one more queue (the
+/// first creates the device), without packet information, with
+/// virtio-net headers.
+fn open_queue(name: &str) -> std::io::Result<OwnedFd> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    let fd = OwnedFd::from(file);
+    let flags = libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_MULTI_QUEUE;
+    set_iff(fd.as_raw_fd(), name, flags as libc::c_short)?;
+    Ok(fd)
+}
+
+#[allow(unsafe_code)]
+fn set_iff(fd: std::os::fd::RawFd, name: &str, flags: libc::c_short) -> std::io::Result<()> {
+    // SAFETY: an all-zero ifreq is valid (a C struct of integers and
+    // arrays); the name fits (checked by the caller: under IFNAMSIZ bytes,
+    // so the zero after it stays); TUNSETIFF reads and writes this ifreq,
+    // which lives across the call, on `fd`, an open /dev/net/tun.
+    let rc = unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        req.ifr_ifru.ifru_flags = flags;
+        libc::ioctl(fd, libc::TUNSETIFF, &mut req as *mut libc::ifreq)
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[allow(unsafe_code)]

@@ -1,13 +1,13 @@
 //! A policy as a cluster's nodes compare it: every key of its
 //! configuration file but the node's own (`[cluster] node` and
-//! `advertise`, `listen`, each target network's `interface` and
+//! `advertise`, `listen`, `data_threads`, each target network's `interface` and
 //! `eni_address`), each with a digest, so that `cluster status` names
 //! the keys in which two live nodes differ.
 
 use std::collections::BTreeMap;
 
 /// Keys that are each node's own.
-const NODE_LOCAL: [&str; 1] = ["listen"];
+const NODE_LOCAL: [&str; 2] = ["listen", "data_threads"];
 const NODE_LOCAL_CLUSTER: [&str; 2] = ["node", "advertise"];
 const NODE_LOCAL_TARGET: [&str; 2] = ["interface", "eni_address"];
 

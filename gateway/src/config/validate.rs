@@ -80,6 +80,17 @@ impl Validator {
                 TransportProtocol::Tcp
             }
         };
+        let data_threads = match raw.data_threads {
+            None => 0,
+            Some(n @ 0..=MAX_DATA_THREADS) => n as usize,
+            Some(n) => {
+                self.bad(
+                    "data_threads",
+                    format!("{n}: must be between 0 (one per core) and {MAX_DATA_THREADS}"),
+                );
+                0
+            }
+        };
         let max_sessions_per_identity = self.count(
             "max_sessions_per_identity",
             raw.max_sessions_per_identity,
@@ -148,6 +159,7 @@ impl Validator {
             ),
             metrics_listen: raw.metrics_listen,
             transport_protocol,
+            data_threads,
             state_dir: raw
                 .state_dir
                 .map(resolve)

@@ -17,6 +17,7 @@ use prometheus_client::registry::Registry;
 use super::connlog::Traffic;
 use super::session::Protocol;
 use super::tally::{ClusterState, Drops, FAILURE_REASONS, Tally, index_of, values};
+use super::threads::DataThreads;
 
 /// The content type of a scrape.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -36,6 +37,8 @@ pub struct Snapshot<'a> {
     pub crl_seconds_to_expiry: Option<i64>,
     /// With `[cluster]`: what the node knows of its cluster.
     pub cluster: Option<&'a ClusterState>,
+    /// With `transport_protocol = "udp"`: the packet threads' counters.
+    pub data_threads: Option<&'a DataThreads>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -64,6 +67,35 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, n: i64) {
     let g = Gauge::<i64>::default();
     g.set(n);
     registry.register(name, help, g);
+}
+
+/// Each packet thread's counters, labelled with its number (thread i
+/// reads UDP socket i and tun queue i).
+fn per_thread(r: &mut Registry, threads: &DataThreads) {
+    gauge(
+        r,
+        "data_threads",
+        "Packet threads, each with a UDP socket and a tun queue of its own",
+        threads.rows().len() as i64,
+    );
+    let help = [
+        "Datagrams from clients received by the packet thread",
+        "Receive calls (batches of datagrams) of the packet thread",
+        "Packets toward clients read from the packet thread's tun queue",
+        "Writes to the packet thread's tun queue (one frame may carry many packets)",
+        "Packets from clients that went to the tun queue inside another's frame (coalesced)",
+    ];
+    for (i, help) in help.iter().enumerate() {
+        let f = Family::<Labels, Counter>::default();
+        let mut name = "";
+        for (t, row) in threads.rows().iter().enumerate() {
+            let (n, v) = row.values()[i];
+            name = n;
+            f.get_or_create(&vec![("thread".to_string(), t.to_string())])
+                .inc_by(v);
+        }
+        r.register(format!("data_thread_{name}"), *help, f);
+    }
 }
 
 /// The scrape's body.
@@ -176,6 +208,9 @@ pub fn render(s: &Snapshot) -> String {
         "Flow starts not logged because their session was over flow_log_rate (in flow-summary lines)",
         suppressed,
     );
+    if let Some(threads) = s.data_threads {
+        per_thread(&mut r, threads);
+    }
     let d = s.drops;
     family(
         &mut r,
@@ -286,8 +321,11 @@ mod tests {
         cluster.store_up.store(true, Ordering::Relaxed);
         cluster.nodes.store(3, Ordering::Relaxed);
         cluster.store_latency.observe(0.004);
+        let threads = DataThreads::new(2);
+        threads.row(1).coalesced.fetch_add(9, Ordering::Relaxed);
         let text = render(&Snapshot {
             cluster: Some(&cluster),
+            data_threads: Some(&threads),
             tally: &tally,
             drops: &drops,
             active: &[
@@ -308,6 +346,9 @@ mod tests {
             "cvpn_sessions_ended_total{protocol=\"openvpn\"} 1",
             "cvpn_ingress_bytes_total{protocol=\"openvpn\"} 101",
             "cvpn_egress_bytes_total{protocol=\"cvpn\"} 2",
+            "cvpn_data_threads 2",
+            "cvpn_data_thread_coalesced_total{thread=\"1\"} 9",
+            "cvpn_data_thread_datagrams_total{thread=\"0\"} 0",
             "cvpn_egress_packets_total{protocol=\"openvpn\"} 404",
             "cvpn_dropped_packets_total{reason=\"not_authorized\"} 7",
             "cvpn_crl_seconds_to_expiry -5",

@@ -25,6 +25,7 @@ pub mod reload;
 pub mod revocation;
 pub mod session;
 pub mod tally;
+pub mod threads;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -165,6 +166,8 @@ pub struct Endpoint {
     crl: Mutex<Option<revocation::CrlInForce>>,
     /// Set once the gateway drains.
     drain: drain::Drain,
+    /// The packet threads' counters (with `transport_protocol = "udp"`).
+    pub data_threads: std::sync::OnceLock<threads::DataThreads>,
 }
 
 /// Told of a session's start (true) and end (false).
@@ -243,6 +246,7 @@ impl Endpoint {
             other_nodes: Default::default(),
             crl: Default::default(),
             drain: Default::default(),
+            data_threads: Default::default(),
         }
     }
 

@@ -51,6 +51,7 @@ pub fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
     check("connection_log", old.connection_log == new.connection_log);
     // Turning it on also changes a sysctl the host set-up records.
     check("flow_log", old.flow_log == new.flow_log);
+    check("data_threads", old.data_threads == new.data_threads);
     check("metrics_listen", old.metrics_listen == new.metrics_listen);
     check("cluster", old.cluster == new.cluster);
     // The nftables table is built from the interfaces and ENI addresses.

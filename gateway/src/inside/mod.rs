@@ -4,13 +4,22 @@
 //! With transport_protocol = "tcp", a runtime task reads the device and
 //! hands each packet to its session ([`tun_reader`]).
 //!
-//! With "udp", the packet thread (packet_thread.rs) polls the device
-//! beside the UDP socket. Neither descriptor is registered with the tokio
-//! runtime, so a packet wakes exactly that thread (no event dispatch, no
-//! task hand-off).
+//! With "udp", the device has one queue per packet thread
+//! (packet_thread.rs), each polled beside the thread's UDP socket.
+//! Neither descriptor is registered with the tokio runtime, so a packet
+//! wakes exactly that thread (no event dispatch, no task hand-off). A
+//! thread writes to its own queue, and the kernel hands the replies of a
+//! flow to the queue that wrote it last, so both directions of a client's
+//! flows stay on one thread. Other threads (the runtime's) use queue 0.
+//!
+//! While a packet thread handles a batch of datagrams, what the policy
+//! sends to the device is gathered and coalesced (coalesce.rs), and
+//! written when the batch is done ([`end_batch`]).
 
+pub mod coalesce;
 pub mod segment;
 
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -22,8 +31,8 @@ use crate::endpoint::{Endpoint, Inside};
 pub enum Tun {
     /// Registered with the tokio runtime, read by [`tun_reader`].
     Runtime(TunDevice),
-    /// Non-blocking, polled by the packet thread.
-    Polled(PolledTun),
+    /// Non-blocking queues, one per packet thread.
+    Polled(Vec<PolledTun>),
 }
 
 /// Packets a session takes from the tun device after its tun writes.
@@ -31,26 +40,62 @@ const REPLIES_AT_ONCE: usize = 8;
 
 thread_local! {
     /// take_replies' buffer: one per runtime worker, not one per session.
-    static REPLY_BUF: std::cell::RefCell<Vec<u8>> =
-        std::cell::RefCell::new(vec![0u8; cvpn_proto::MAX_PACKET_FRAME]);
+    static REPLY_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0u8; cvpn_proto::MAX_PACKET_FRAME]);
+    /// The queue this thread reads and writes.
+    static QUEUE: Cell<usize> = const { Cell::new(0) };
+    /// Set while this thread gathers a batch for the device.
+    static BATCHING: Cell<bool> = const { Cell::new(false) };
+    static BATCH: RefCell<coalesce::Coalescer> = RefCell::new(coalesce::Coalescer::default());
+}
+
+/// Makes the calling thread read and write queue `i`.
+pub fn use_queue(i: usize) {
+    QUEUE.set(i);
+}
+
+/// From now until [`end_batch`], packets the calling thread sends to the
+/// device are gathered instead of written.
+pub fn begin_batch() {
+    BATCHING.set(true);
+}
+
+/// Writes what was gathered since [`begin_batch`], coalesced, to `tun`
+/// (the thread's queue); returns (writes, packets merged into another's
+/// write).
+pub fn end_batch(tun: &PolledTun) -> (u64, u64) {
+    BATCHING.set(false);
+    BATCH.with_borrow_mut(|b| {
+        let mut writes = 0;
+        let merged = b.flush(|frame| {
+            writes += 1;
+            if let Err(e) = tun.write(frame) {
+                tracing::debug!(error = %e, "tun write failed");
+            }
+        });
+        (writes, merged)
+    })
 }
 
 impl Tun {
-    /// Creates the device, up, with offloads; `polled` for the packet
-    /// thread.
+    /// Creates the device, up, with offloads: with `queues`, that many
+    /// for packet threads, else one for the runtime.
     pub fn create(
         name: &str,
         address: std::net::Ipv4Addr,
         netmask: std::net::Ipv4Addr,
         mtu: u16,
-        polled: bool,
+        queues: Option<usize>,
     ) -> Result<Tun, TunError> {
-        Ok(if polled {
-            Tun::Polled(PolledTun::create(name, address, netmask, mtu)?)
-        } else {
-            Tun::Runtime(TunDevice::create(name, address, netmask, mtu)?)
+        Ok(match queues {
+            Some(n) => Tun::Polled(PolledTun::create_queues(name, address, netmask, mtu, n)?),
+            None => Tun::Runtime(TunDevice::create(name, address, netmask, mtu)?),
         })
     }
+}
+
+/// The calling thread's queue of `queues`.
+fn own_queue(queues: &[PolledTun]) -> Option<&PolledTun> {
+    queues.get(QUEUE.get()).or(queues.first())
 }
 
 /// The endpoint's view of the device. Both methods may be called from any
@@ -61,7 +106,14 @@ impl Inside for Device {
     fn write(&self, packet: &[u8]) -> std::io::Result<usize> {
         match &*self.0 {
             Tun::Runtime(t) => t.send_now(packet),
-            Tun::Polled(t) => t.write(packet),
+            Tun::Polled(_) if BATCHING.get() => {
+                BATCH.with_borrow_mut(|b| b.push(packet));
+                Ok(packet.len())
+            }
+            Tun::Polled(queues) => match own_queue(queues) {
+                Some(t) => t.write(packet),
+                None => Err(std::io::ErrorKind::NotConnected.into()),
+            },
         }
     }
 
@@ -76,7 +128,10 @@ impl Inside for Device {
     /// reading there was slower, as the runtime still wakes its reader for
     /// the readiness event.
     fn take_replies(&self, deliver: &mut dyn FnMut(&[u8])) {
-        let Tun::Polled(tun) = &*self.0 else {
+        let Some(tun) = (match &*self.0 {
+            Tun::Polled(queues) => own_queue(queues),
+            Tun::Runtime(_) => None,
+        }) else {
             return;
         };
         REPLY_BUF.with_borrow_mut(|buf| {

@@ -13,7 +13,7 @@ const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
 
 /// Ones'-complement sum of `data`, not folded.
-fn sum(mut acc: u32, data: &[u8]) -> u32 {
+pub(crate) fn sum(mut acc: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
         acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
@@ -24,14 +24,17 @@ fn sum(mut acc: u32, data: &[u8]) -> u32 {
     acc
 }
 
-fn fold(mut acc: u32) -> u16 {
+/// Folds a sum to 16 bits and complements it: the checksum field's value
+/// (0 when `acc` sums a whole packet whose checksum is right).
+pub(crate) fn fold(mut acc: u32) -> u16 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
     }
     !(acc as u16)
 }
 
-fn ipv4_checksum(header: &mut [u8]) {
+/// Writes the checksum of an IPv4 header (its own field zeroed first).
+pub(crate) fn ipv4_checksum(header: &mut [u8]) {
     header[10..12].copy_from_slice(&[0, 0]);
     let c = fold(sum(0, header));
     header[10..12].copy_from_slice(&c.to_be_bytes());

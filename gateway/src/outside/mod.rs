@@ -1,6 +1,7 @@
 //! The outside of the endpoint: the TCP listener and the UDP socket, and
 //! the shells that drive each protocol's session over them.
 
+pub mod batch;
 pub mod openvpn;
 pub mod stream;
 pub mod tcp;

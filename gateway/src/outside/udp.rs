@@ -34,6 +34,26 @@ pub fn want_local_address(sock: &UdpSocket) -> std::io::Result<()> {
     Ok(())
 }
 
+/// `n` non-blocking sockets bound to `addr` as one SO_REUSEPORT group
+/// (the kernel picks a socket per datagram by a hash of its addresses
+/// and ports), each reporting the gateway address datagrams were sent
+/// to. The group is complete before this returns, so no datagram is
+/// steered by a group that later grows.
+pub fn bind_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<UdpSocket>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    (0..n.max(1))
+        .map(|_| {
+            let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            let s = UdpSocket::from(s);
+            want_local_address(&s)?;
+            Ok(s)
+        })
+        .collect()
+}
+
 /// Room for the ancillary data `recv_with_local` reads: allocated once by
 /// the caller, not per datagram.
 pub fn pktinfo_space() -> Vec<u8> {

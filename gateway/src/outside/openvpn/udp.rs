@@ -6,7 +6,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -111,8 +111,10 @@ pub struct UdpServer {
     cookie: CookieKey,
     cookie_rate: Mutex<GlobalRate>,
     runtime: tokio::runtime::Handle,
-    /// Lock order: these maps, then a wire's peer.
-    maps: Mutex<Maps<UdpClient>>,
+    /// Lock order: these maps, then a wire's peer. Read for every data
+    /// packet by every packet thread: a reader lock, written only when a
+    /// client comes, goes or moves.
+    maps: RwLock<Maps<UdpClient>>,
 }
 
 /// The session id of a control packet's sender: in the clear after the
@@ -137,12 +139,16 @@ impl UdpServer {
             cookie: CookieKey::new()?,
             cookie_rate: Mutex::new(GlobalRate::new(COOKIE_ANSWERS_PER_SECOND, Instant::now())),
             runtime,
-            maps: Mutex::new(Maps::default()),
+            maps: RwLock::new(Maps::default()),
         })
     }
 
-    fn maps(&self) -> std::sync::MutexGuard<'_, Maps<UdpClient>> {
-        self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    fn maps(&self) -> std::sync::RwLockWriteGuard<'_, Maps<UdpClient>> {
+        self.maps.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lookup(&self) -> std::sync::RwLockReadGuard<'_, Maps<UdpClient>> {
+        self.maps.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// One datagram from `from` (sent to the gateway's `local` address).
@@ -159,7 +165,7 @@ impl UdpServer {
         let (opcode, _) = packet::split_first_byte(first);
         if packet::is_data(opcode) {
             let known = {
-                let maps = self.maps();
+                let maps = self.lookup();
                 match opcode {
                     packet::DATA_V2 => {
                         packet::data_v2_peer_id(dgram).and_then(|id| maps.by_peer_id(id))
@@ -185,7 +191,7 @@ impl UdpServer {
         let Some(sid) = sender_sid(dgram) else {
             return;
         };
-        let known = self.maps().by_sid(from, sid);
+        let known = self.lookup().by_sid(from, sid);
         match known {
             // Full: dropped, the client sends it again.
             Some(c) => drop(c.control.try_send(dgram.to_vec())),
