@@ -2,8 +2,9 @@
 //! deterministic byte stream and reports who connected, and a fetcher that
 //! checks the stream byte for byte; with `--upload` the fetcher sends and
 //! the source checks; a flood of bare TCP connects; a flood of OpenVPN
-//! resets over UDP; UDP datagrams to many ports (one flow each). All stop
-//! by themselves.
+//! resets over UDP; UDP datagrams to many ports (one flow each); numbered
+//! datagrams of one flow and a receiver that counts those out of order.
+//! All stop by themselves.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -223,6 +224,68 @@ fn spray(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// numbered --to ADDR --count N --rate PER_SECOND: N UDP datagrams of
+/// 1,000 bytes from one socket (one flow), each starting with its number,
+/// paced; prints how many were sent.
+fn numbered(args: &[String]) -> Result<(), String> {
+    let to = arg(args, "--to").ok_or("--to missing")?;
+    let count = num(args, "--count", 1000);
+    let rate = num(args, "--rate", 1000).max(1);
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut datagram = [0u8; 1000];
+    for i in 0..count {
+        datagram[..8].copy_from_slice(&i.to_be_bytes());
+        if socket.send_to(&datagram, to.as_str()).is_ok() {
+            sent += 1;
+        }
+        let due = start + Duration::from_secs_f64((i + 1) as f64 / rate as f64);
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+    }
+    println!("sent {sent}");
+    Ok(())
+}
+
+/// in-order --listen ADDR --count N --timeout SECS: receives numbered
+/// datagrams until N came or none came for a second (after the first, or
+/// SECS passed); prints how many came and how many came after a higher
+/// number (out of order).
+fn in_order(args: &[String]) -> Result<(), String> {
+    let listen = arg(args, "--listen").ok_or("--listen missing")?;
+    let count = num(args, "--count", 1000);
+    let deadline = Instant::now() + Duration::from_secs(num(args, "--timeout", 30));
+    let socket = std::net::UdpSocket::bind(&listen).map_err(|e| format!("bind {listen}: {e}"))?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| e.to_string())?;
+    println!("listening {listen}");
+    let _ = std::io::stdout().flush();
+    let (mut received, mut reordered, mut highest) = (0u64, 0u64, None::<u64>);
+    let mut last_heard = Instant::now();
+    let mut buf = [0u8; 2048];
+    while received < count && Instant::now() < deadline {
+        if received > 0 && last_heard.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        let Ok((n, _)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let Some(number) = buf.get(..8.min(n)).and_then(|b| b.try_into().ok()) else {
+            continue;
+        };
+        let number = u64::from_be_bytes(number);
+        last_heard = Instant::now();
+        received += 1;
+        match highest {
+            Some(h) if number < h => reordered += 1,
+            _ => highest = Some(number),
+        }
+    }
+    println!("received={received} reordered={reordered}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = match args.get(1).map(String::as_str) {
@@ -231,7 +294,12 @@ fn main() -> ExitCode {
         Some("flood") => flood(&args),
         Some("reset-flood") => reset_flood(&args),
         Some("spray") => spray(&args),
-        _ => Err("usage: cvpn-e2e-helper serve|fetch|flood|reset-flood|spray ...".into()),
+        Some("numbered") => numbered(&args),
+        Some("in-order") => in_order(&args),
+        _ => Err(
+            "usage: cvpn-e2e-helper serve|fetch|flood|reset-flood|spray|numbered|in-order ..."
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
