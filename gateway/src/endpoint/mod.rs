@@ -24,6 +24,7 @@ pub mod registry;
 pub mod reload;
 pub mod revocation;
 pub mod session;
+pub mod sharded;
 pub mod tally;
 pub mod threads;
 

@@ -7,11 +7,13 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock};
 
 use super::session::Session;
+use super::sharded::ShardedMap;
 
 /// Live sessions by tunnel address.
 #[derive(Default)]
 pub struct Registry {
-    by_addr: RwLock<HashMap<Ipv4Addr, Arc<Session>>>,
+    /// Read for every packet toward a client, by every packet thread.
+    by_addr: ShardedMap<Ipv4Addr, Arc<Session>>,
     /// Each common name's sessions, oldest first.
     by_name: RwLock<HashMap<String, Vec<Arc<Session>>>>,
 }
@@ -25,19 +27,12 @@ impl Registry {
             .entry(s.common_name.clone())
             .or_default()
             .push(s.clone());
-        self.by_addr
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(s.address, s);
+        self.by_addr.insert(s.address, s);
     }
 
     /// Unregisters the session at `addr`.
     pub fn remove(&self, addr: Ipv4Addr) {
-        let gone = self
-            .by_addr
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&addr);
+        let gone = self.by_addr.remove(&addr);
         let Some(gone) = gone else { return };
         let mut names = self.by_name.write().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = names.get_mut(&gone.common_name) {
@@ -63,16 +58,12 @@ impl Registry {
     /// The session at `addr`.
     #[inline]
     pub fn get(&self, addr: Ipv4Addr) -> Option<Arc<Session>> {
-        self.by_addr
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&addr)
-            .cloned()
+        self.by_addr.get(&addr)
     }
 
     /// Sessions registered.
     pub fn len(&self) -> usize {
-        self.by_addr.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.by_addr.len()
     }
 
     /// No session registered.
@@ -82,11 +73,6 @@ impl Registry {
 
     /// Every live session.
     pub fn all(&self) -> Vec<Arc<Session>> {
-        self.by_addr
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.by_addr.values()
     }
 }

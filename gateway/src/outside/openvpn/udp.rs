@@ -18,6 +18,7 @@ use super::{Client, Clients, RESET_PACKET_ID, Wire, unix_now};
 use crate::endpoint::Endpoint;
 use crate::endpoint::forward::Reply;
 use crate::endpoint::handshakes::GlobalRate;
+use crate::endpoint::sharded::ShardedMap;
 use crate::outside::udp::{send_from, send_segmented};
 use crate::protocol::openvpn::control::{Control, MAX_CONTROL_PACKET};
 use crate::protocol::openvpn::cookie::CookieKey;
@@ -90,10 +91,6 @@ impl Whereabouts for UdpClient {
         self.sid
     }
 
-    fn peer_id(&self) -> u32 {
-        self.client.peer_id
-    }
-
     fn identity(&self) -> Option<String> {
         self.client.session.get().map(|s| s.common_name.clone())
     }
@@ -115,6 +112,10 @@ pub struct UdpServer {
     /// packet by every packet thread: a reader lock, written only when a
     /// client comes, goes or moves.
     maps: RwLock<Maps<UdpClient>>,
+    /// Clients by peer id, for data packets (DATA_V2 names it): in shards,
+    /// so that packet threads serving different clients take different
+    /// locks. Entered and left together with the maps.
+    by_peer_id: ShardedMap<u32, Arc<UdpClient>>,
 }
 
 /// The session id of a control packet's sender: in the clear after the
@@ -140,6 +141,7 @@ impl UdpServer {
             cookie_rate: Mutex::new(GlobalRate::new(COOKIE_ANSWERS_PER_SECOND, Instant::now())),
             runtime,
             maps: RwLock::new(Maps::default()),
+            by_peer_id: ShardedMap::default(),
         })
     }
 
@@ -164,14 +166,11 @@ impl UdpServer {
         };
         let (opcode, _) = packet::split_first_byte(first);
         if packet::is_data(opcode) {
-            let known = {
-                let maps = self.lookup();
-                match opcode {
-                    packet::DATA_V2 => {
-                        packet::data_v2_peer_id(dgram).and_then(|id| maps.by_peer_id(id))
-                    }
-                    _ => maps.by_addr(from),
+            let known = match opcode {
+                packet::DATA_V2 => {
+                    packet::data_v2_peer_id(dgram).and_then(|id| self.by_peer_id.get(&id))
                 }
+                _ => self.lookup().by_addr(from),
             };
             let Some(c) = known else {
                 self.ep.drops.no_session.fetch_add(1, Ordering::Relaxed);
@@ -335,6 +334,7 @@ impl UdpServer {
         });
         {
             self.maps().insert(&entry, from);
+            self.by_peer_id.insert(client.peer_id, entry.clone());
         }
         let on_admit: Box<dyn FnOnce() + Send + Sync> = {
             let me = Arc::downgrade(self);
@@ -357,7 +357,10 @@ impl UdpServer {
         self.runtime.spawn(async move {
             driver::drive(me.ep.clone(), client.clone(), control, rx, start).await;
             me.clients.remove(client.peer_id);
-            me.maps().remove(&entry);
+            let mut maps = me.maps();
+            me.by_peer_id
+                .remove_if(&client.peer_id, |c| Arc::ptr_eq(c, &entry));
+            maps.remove(&entry);
         });
     }
 }

@@ -1,5 +1,5 @@
-//! Where the UDP side's OpenVPN clients are: by address, by address and
-//! session id, by peer id; and the rules of moving between addresses, as
+//! Where the UDP side's OpenVPN clients are: by address, and by address
+//! and session id (by peer id: udp.rs, in shards); and the rules of moving between addresses, as
 //! OpenVPN's server has them (multi_process_float): a client floats onto
 //! a free address, or onto one a session of the same certificate holds
 //! (which then ends), never onto another certificate's. Pure: the shell
@@ -15,8 +15,6 @@ use crate::protocol::openvpn::packet::SessionId;
 pub trait Whereabouts {
     /// Its control session id.
     fn sid(&self) -> SessionId;
-    /// Its peer id.
-    fn peer_id(&self) -> u32;
     /// Its certificate's common name, once authenticated.
     fn identity(&self) -> Option<String>;
 }
@@ -41,7 +39,6 @@ pub struct Maps<T> {
     /// Control packets go by address and the client's session id: a new
     /// session from a known address is a new client, not the old one's.
     by_sid: HashMap<(SocketAddr, SessionId), (Arc<T>, SocketAddr)>,
-    by_peer_id: HashMap<u32, Arc<T>>,
 }
 
 impl<T> Default for Maps<T> {
@@ -49,7 +46,6 @@ impl<T> Default for Maps<T> {
         Maps {
             by_addr: HashMap::new(),
             by_sid: HashMap::new(),
-            by_peer_id: HashMap::new(),
         }
     }
 }
@@ -59,12 +55,10 @@ impl<T: Whereabouts> Maps<T> {
     pub fn insert(&mut self, c: &Arc<T>, addr: SocketAddr) {
         self.by_sid.insert((addr, c.sid()), (c.clone(), addr));
         self.by_addr.entry(addr).or_insert_with(|| c.clone());
-        self.by_peer_id.insert(c.peer_id(), c.clone());
     }
 
     /// Forgets a client.
     pub fn remove(&mut self, c: &Arc<T>) {
-        self.by_peer_id.remove(&c.peer_id());
         self.by_addr.retain(|_, u| !Arc::ptr_eq(u, c));
         self.by_sid.retain(|_, (u, _)| !Arc::ptr_eq(u, c));
     }
@@ -77,11 +71,6 @@ impl<T: Whereabouts> Maps<T> {
     /// The client that holds `addr`.
     pub fn by_addr(&self, addr: SocketAddr) -> Option<Arc<T>> {
         self.by_addr.get(&addr).cloned()
-    }
-
-    /// The client with `peer_id`.
-    pub fn by_peer_id(&self, peer_id: u32) -> Option<Arc<T>> {
-        self.by_peer_id.get(&peer_id).cloned()
     }
 
     /// `c` sent an authentic packet from `to` (it was at `from`).
@@ -124,16 +113,12 @@ mod tests {
 
     struct Fake {
         sid: SessionId,
-        peer_id: u32,
         cn: Option<&'static str>,
     }
 
     impl Whereabouts for Fake {
         fn sid(&self) -> SessionId {
             self.sid
-        }
-        fn peer_id(&self) -> u32 {
-            self.peer_id
         }
         fn identity(&self) -> Option<String> {
             self.cn.map(str::to_string)
@@ -143,7 +128,6 @@ mod tests {
     fn fake(n: u8, cn: Option<&'static str>) -> Arc<Fake> {
         Arc::new(Fake {
             sid: [n; 8],
-            peer_id: u32::from(n),
             cn,
         })
     }
@@ -203,7 +187,7 @@ mod tests {
         assert!(Arc::ptr_eq(&m.by_addr(at(1)).unwrap(), &new));
         m.remove(&old);
         assert!(Arc::ptr_eq(&m.by_addr(at(1)).unwrap(), &new));
-        assert!(m.by_peer_id(1).is_none());
-        assert!(m.by_peer_id(2).is_some());
+        assert!(m.by_sid(at(1), [1; 8]).is_none());
+        assert!(m.by_sid(at(1), [2; 8]).is_some());
     }
 }
