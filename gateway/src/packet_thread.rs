@@ -1,11 +1,11 @@
-//! The packet threads (transport_protocol = "udp"): as many as
-//! `data_threads` says (0: one per core), each a poll loop over a UDP
-//! socket of its own on the listen address (SO_REUSEPORT: the kernel
-//! spreads clients over the sockets by their address hash, so one
-//! client's datagrams always reach the same thread) and a queue of its own
-//! of the multi-queue tun device (the kernel hands a flow's replies to
-//! the queue that wrote the flow), as ocserv's workers and wireguard-go's
-//! per-core routines do. The endpoint core (sessions, policy, counters) is
+//! The packet threads: as many as `data_threads` says (0: one per core),
+//! each a poll loop over a queue of its own of the multi-queue tun device
+//! (the kernel hands a flow's replies to the queue that wrote the flow)
+//! and, with transport_protocol = "udp", a UDP socket of its own on the
+//! listen address (SO_REUSEPORT: the kernel spreads clients over the
+//! sockets by their address hash, so one client's datagrams always reach
+//! the same thread), as ocserv's workers and wireguard-go's per-core
+//! routines do. The endpoint core (sessions, policy, counters) is
 //! shared; nothing on the per-packet path is a lock all threads take.
 //!
 //! Datagrams from clients are taken in batches (recvmmsg), opened and
@@ -40,13 +40,14 @@ const BURST: usize = 64;
 /// How long the thread sleeps at most before looking at `stop`.
 const STOP_CHECK: Duration = Duration::from_millis(200);
 
-/// What one packet thread reads: its socket and its tun queue (index
-/// `index` of the device's queues).
+/// What one packet thread reads: its tun queue (index `index` of the
+/// device's queues) and its socket.
 pub struct Lane {
     /// The thread's number, from 0.
     pub index: usize,
-    /// Its UDP socket, non-blocking, in the listen address's group.
-    pub socket: UdpSocket,
+    /// Its UDP socket, non-blocking, in the listen address's group (with
+    /// transport_protocol = "udp").
+    pub socket: Option<UdpSocket>,
 }
 
 /// Runs until `stop` is set or the tun device fails.
@@ -60,14 +61,11 @@ pub struct Lane {
 pub fn run(
     ep: Arc<Endpoint>,
     tun: Arc<Tun>,
-    udp: Arc<Udp>,
+    udp: Option<Arc<Udp>>,
     lane: Lane,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
-    let Tun::Polled(queues) = &*tun else {
-        return Ok(());
-    };
-    let Some(queue) = queues.get(lane.index) else {
+    let Some(queue) = tun.queues.get(lane.index) else {
         return Ok(());
     };
     let Some(counters) = ep.data_threads.get().map(|t| t.row(lane.index)) else {
@@ -78,9 +76,10 @@ pub fn run(
     let mut batch = Batch::default();
     let mut reply = reply_buffer();
     while !stop.load(Ordering::Relaxed) {
-        let ready = wait(queue, &lane.socket)?;
-        let io = (&lane.socket, queue);
-        if ready.datagram && datagrams(&ep, &udp, io, &mut batch, &mut reply, counters) {
+        let ready = wait(queue, lane.socket.as_ref())?;
+        if let (true, Some(udp), Some(socket)) = (ready.datagram, &udp, &lane.socket)
+            && datagrams(&ep, udp, (socket, queue), &mut batch, &mut reply, counters)
+        {
             drain_tun(&ep, queue, &mut tun_buf, 1, counters)?;
         }
         if ready.tun {
@@ -159,15 +158,19 @@ struct Ready {
     datagram: bool,
 }
 
-/// Sleeps until the tun queue or the socket has something to read (or
-/// STOP_CHECK passes); says which.
-fn wait(tun: &PolledTun, sock: &UdpSocket) -> Result<Ready> {
-    let mut fds = [
+/// Sleeps until the tun queue or the socket (if any) has something to
+/// read (or STOP_CHECK passes); says which.
+fn wait(tun: &PolledTun, sock: Option<&UdpSocket>) -> Result<Ready> {
+    let mut both = [
         PollFd::new(tun, PollFlags::IN),
-        PollFd::new(sock, PollFlags::IN),
+        PollFd::new(tun, PollFlags::IN),
     ];
+    if let Some(sock) = sock {
+        both[1] = PollFd::new(sock, PollFlags::IN);
+    }
+    let fds = &mut both[..1 + usize::from(sock.is_some())];
     let timeout = Timespec::try_from(STOP_CHECK).unwrap_or_default();
-    match poll(&mut fds, Some(&timeout)) {
+    match poll(fds, Some(&timeout)) {
         Ok(_) => {}
         Err(rustix::io::Errno::INTR) => {
             return Ok(Ready {
@@ -181,6 +184,6 @@ fn wait(tun: &PolledTun, sock: &UdpSocket) -> Result<Ready> {
     let ready = |fd: &PollFd<'_>| !fd.revents().is_empty();
     Ok(Ready {
         tun: ready(&fds[0]),
-        datagram: ready(&fds[1]),
+        datagram: fds.get(1).is_some_and(ready),
     })
 }

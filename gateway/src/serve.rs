@@ -120,23 +120,28 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen))?;
-    let lanes = match config.transport_protocol {
-        TransportProtocol::Udp => {
-            let n = thread_count(config.data_threads);
-            let sockets = udp::bind_group(config.listen, n).with_context(|| {
+    let threads = thread_count(config.data_threads);
+    let lanes: Vec<Lane> = match config.transport_protocol {
+        TransportProtocol::Udp => udp::bind_group(config.listen, threads)
+            .with_context(|| {
                 format!(
-                    "listen: cannot bind {} for UDP ({n} sockets)",
+                    "listen: cannot bind {} for UDP ({threads} sockets)",
                     config.listen
                 )
-            })?;
-            let lanes: Vec<Lane> = sockets
-                .into_iter()
-                .enumerate()
-                .map(|(index, socket)| Lane { index, socket })
-                .collect();
-            Some(lanes)
-        }
-        TransportProtocol::Tcp => None,
+            })?
+            .into_iter()
+            .enumerate()
+            .map(|(index, socket)| Lane {
+                index,
+                socket: Some(socket),
+            })
+            .collect(),
+        TransportProtocol::Tcp => (0..threads)
+            .map(|index| Lane {
+                index,
+                socket: None,
+            })
+            .collect(),
     };
     let connlog = match &config.connection_log {
         Some(p) => {
@@ -154,7 +159,7 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
         gateway_addr,
         netmask,
         TUNNEL_MTU,
-        lanes.as_ref().map(Vec::len),
+        lanes.len(),
     )?);
     netsetup::set_txqueuelen(TUN_NAME, TUN_QUEUE_LEN).await?;
     // The tunnel carries IPv4 only: no IPv6 link-local chatter into it.
@@ -227,10 +232,10 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
         netsetup::sites::sync(TUN_NAME, &site_cidrs(c)).map_err(|e| e.to_string())
     }));
     let openvpn = Arc::new(Clients::new(tls_crypt.as_ref().map(TlsCrypt::server)));
-    let (udp, lanes) = match lanes {
-        Some(lanes) => {
-            let _ = ep.data_threads.set(DataThreads::new(lanes.len()));
-            let socket = Arc::new(lanes[0].socket.try_clone()?);
+    let _ = ep.data_threads.set(DataThreads::new(lanes.len()));
+    let udp = match lanes.first().and_then(|l| l.socket.as_ref()) {
+        Some(first) => {
+            let socket = Arc::new(first.try_clone()?);
             let server = UdpServer::new(
                 ep.clone(),
                 openvpn.clone(),
@@ -243,9 +248,9 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
                 cvpn: Datagrams::default(),
                 openvpn: Arc::new(server),
             });
-            (Some(udp), lanes)
+            Some(udp)
         }
-        None => (None, Vec::new()),
+        None => None,
     };
     let out = Outside {
         ep: ep.clone(),
@@ -275,21 +280,14 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     let registry = crate::cluster::start(ep.clone());
     let mut tasks = tokio::task::JoinSet::new();
     let stop_packets = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    match &udp {
-        Some(udp) => {
-            info!(
-                data_threads = lanes.len(),
-                "packet threads, each with a UDP socket and a tun queue"
-            );
-            for lane in lanes {
-                let (ep, tun, udp, stop) =
-                    (ep.clone(), tun.clone(), udp.clone(), stop_packets.clone());
-                tasks.spawn_blocking(move || packet_thread::run(ep, tun, udp, lane, stop));
-            }
-        }
-        None => {
-            tasks.spawn(inside::tun_reader(ep.clone(), tun.clone()));
-        }
+    info!(
+        data_threads = lanes.len(),
+        udp = udp.is_some(),
+        "packet threads, each with a tun queue (and a UDP socket)"
+    );
+    for lane in lanes {
+        let (ep, tun, udp, stop) = (ep.clone(), tun.clone(), udp.clone(), stop_packets.clone());
+        tasks.spawn_blocking(move || packet_thread::run(ep, tun, udp, lane, stop));
     }
     tasks.spawn(crl_watcher(ep.clone()));
     tasks.spawn(lease_saver(ep.clone()));

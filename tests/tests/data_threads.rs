@@ -106,7 +106,10 @@ fn several_data_threads_keep_flows_in_order_and_count_exactly() {
     let rows = v["data-threads"].as_array().expect("data-threads");
     assert_eq!(rows.len(), THREADS, "{v}");
     for (i, r) in rows.iter().enumerate() {
-        assert_eq!((r["thread"].as_u64(), r["tun-queue"].as_u64()), (Some(i as u64), Some(i as u64)));
+        assert_eq!(
+            (r["thread"].as_u64(), r["tun-queue"].as_u64()),
+            (Some(i as u64), Some(i as u64))
+        );
     }
     let queues = sh_ok(&tb.gateway, "ls /sys/class/net/cvpn-gw0/queues");
     assert_eq!(queues.matches("rx-").count(), THREADS, "{queues}");
@@ -183,9 +186,16 @@ fn several_data_threads_keep_flows_in_order_and_count_exactly() {
     for (i, name) in NAMES.iter().enumerate() {
         let dev = delta(device_counters(&tb.clients[i], device(i)), devices0[i]);
         let ses = delta(sessions1[*name], sessions0[*name]);
-        assert_eq!(ses, dev, "{name}: the session's counters against its tun device's");
+        assert_eq!(
+            ses, dev,
+            "{name}: the session's counters against its tun device's"
+        );
         assert!(ses[0] >= 300 && ses[2] >= 300, "{name}: {ses:?}");
     }
-    assert_eq!(threads1 - threads0, udp1 - udp0, "datagrams received by the threads");
+    assert_eq!(
+        threads1 - threads0,
+        udp1 - udp0,
+        "datagrams received by the threads"
+    );
     assert!(threads1 - threads0 >= 4 * 300, "{}", threads1 - threads0);
 }

@@ -80,6 +80,13 @@ pub trait Inside: Send + Sync {
     /// target networks; the kernel forwards it before the call returns.
     fn write(&self, packet: &[u8]) -> std::io::Result<usize>;
 
+    /// Picks where the calling thread's next writes go, by `key` (the
+    /// session's address): packets for that session come back the same
+    /// way. May do nothing.
+    fn steer(&self, key: u32) {
+        let _ = key;
+    }
+
     /// Called after a burst of writes: hands packets for clients that the
     /// kernel has already queued (a nearby host's reply) to `deliver`
     /// without waiting for the reader. May do nothing.

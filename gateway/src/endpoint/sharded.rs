@@ -98,7 +98,12 @@ impl<K: ShardKey, V: Clone> ShardedMap<K, V> {
     pub fn values(&self) -> Vec<V> {
         let mut out = Vec::new();
         for s in self.shards.iter() {
-            out.extend(s.read().unwrap_or_else(|p| p.into_inner()).values().cloned());
+            out.extend(
+                s.read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned(),
+            );
         }
         out
     }

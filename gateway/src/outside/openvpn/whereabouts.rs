@@ -126,10 +126,7 @@ mod tests {
     }
 
     fn fake(n: u8, cn: Option<&'static str>) -> Arc<Fake> {
-        Arc::new(Fake {
-            sid: [n; 8],
-            cn,
-        })
+        Arc::new(Fake { sid: [n; 8], cn })
     }
 
     fn at(port: u16) -> SocketAddr {
