@@ -67,7 +67,7 @@ impl Endpoint {
         };
         let c = &session.counters;
         Counters::add(&c.ingress_bytes, &c.ingress_packets, packet.len());
-        self.inside.steer(u32::from(session.address));
+        self.inside.steer(&session.lane);
         let groups = session.group_mask(policy);
         let verdict = policy.check(packet, session.address, &session.common_name, groups);
         let unreachable = match verdict {

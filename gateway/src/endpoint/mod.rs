@@ -80,11 +80,12 @@ pub trait Inside: Send + Sync {
     /// target networks; the kernel forwards it before the call returns.
     fn write(&self, packet: &[u8]) -> std::io::Result<usize>;
 
-    /// Picks where the calling thread's next writes go, by `key` (the
-    /// session's address): packets for that session come back the same
-    /// way. May do nothing.
-    fn steer(&self, key: u32) {
-        let _ = key;
+    /// Before a session's packets are written from the calling thread:
+    /// a packet thread records its own queue in `lane` (the session's),
+    /// any other thread writes by `lane`, so the kernel hands the
+    /// session's replies to one packet thread. May do nothing.
+    fn steer(&self, lane: &std::sync::atomic::AtomicUsize) {
+        let _ = lane;
     }
 
     /// Called after a burst of writes: hands packets for clients that the

@@ -119,6 +119,11 @@ pub struct Session {
     /// The route generation the client was last told (OpenVPN clients
     /// cannot take routes live: they are stale after a route change).
     pub routes_generation: std::sync::atomic::AtomicU64,
+    /// The tun queue this session's packets go in by (any number: taken
+    /// modulo the queues), so that the kernel hands its flows' replies
+    /// to one packet thread whichever thread wrote them: set by the packet
+    /// thread its datagrams reach, followed by its stream's writes.
+    pub lane: std::sync::atomic::AtomicUsize,
     link: Arc<dyn Link>,
     end: Notify,
     end_reason: Mutex<Option<String>>,
@@ -159,6 +164,7 @@ impl Session {
             groups: n.identity.groups,
             mask: ArcSwap::from_pointee((u64::MAX, GroupMask::default())),
             routes_generation: Default::default(),
+            lane: std::sync::atomic::AtomicUsize::new(u32::from(n.address) as usize),
             link: n.link,
             end: Notify::new(),
             end_reason: Mutex::new(None),

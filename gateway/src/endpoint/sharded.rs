@@ -1,6 +1,6 @@
 //! A map split into shards, each behind its own reader-writer lock: what
 //! every packet thread looks up for every packet (a session by address,
-//! an OpenVPN client by peer id). Lookups of keys in different shards
+//! an OpenVPN client by peer id, a cvpn/1 datagram channel by id). Lookups of keys in different shards
 //! touch different locks, so threads serving different clients do not
 //! share a lock's cache line; writes (a session comes or goes) lock one
 //! shard.
@@ -23,6 +23,12 @@ pub trait ShardKey: Hash + Eq {
 impl ShardKey for Ipv4Addr {
     fn shard_bits(&self) -> usize {
         u32::from(*self) as usize
+    }
+}
+
+impl ShardKey for u64 {
+    fn shard_bits(&self) -> usize {
+        *self as usize
     }
 }
 

@@ -8,10 +8,10 @@
 //! The kernel hands a flow's packets for clients to the queue that wrote
 //! the flow last. A packet thread writes to its own queue, so both
 //! directions of its clients' flows stay on it. Other threads (the
-//! runtime's, for sessions over the TLS stream) write to the queue their
-//! session is steered to ([`Inside::steer`]: by its address), so each
-//! stream session's replies are read by one packet thread and sessions
-//! spread over all of them.
+//! runtime's, for sessions over the TLS stream) write to the session's
+//! queue ([`Inside::steer`]): the one of the packet thread its datagrams
+//! reach, else one picked by its address. So each session's replies are
+//! read by one packet thread, and sessions spread over all of them.
 //!
 //! While a packet thread handles a batch of datagrams, what the policy
 //! sends to the device is gathered and coalesced (coalesce.rs), and
@@ -22,6 +22,7 @@ pub mod segment;
 
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cvpn_tundev::{PolledTun, TunError};
 
@@ -112,9 +113,14 @@ impl Inside for Device {
         self.0.own_queue().write(packet)
     }
 
-    fn steer(&self, key: u32) {
-        if !PINNED.get() {
-            QUEUE.set(key as usize % self.0.queues.len());
+    fn steer(&self, lane: &AtomicUsize) {
+        if PINNED.get() {
+            let own = QUEUE.get();
+            if lane.load(Ordering::Relaxed) != own {
+                lane.store(own, Ordering::Relaxed);
+            }
+        } else {
+            QUEUE.set(lane.load(Ordering::Relaxed) % self.0.queues.len());
         }
     }
 

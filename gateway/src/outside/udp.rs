@@ -4,12 +4,11 @@
 //! whose datagrams keep arriving leave as datagrams when they fit one.
 //! Both run on the packet thread (packet_thread.rs).
 
-use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use nix::sys::socket::{
@@ -23,6 +22,7 @@ use tracing::debug;
 use crate::endpoint::Endpoint;
 use crate::endpoint::forward::Reply;
 use crate::endpoint::session::Session;
+use crate::endpoint::sharded::ShardedMap;
 use crate::protocol::cvpn::datagram::DatagramPath;
 
 /// Asks the kernel to say, with each datagram, which of the host's
@@ -158,41 +158,33 @@ pub fn send_segmented(
     Ok(())
 }
 
-/// cvpn/1 sessions with a datagram channel, by its session id.
+/// cvpn/1 sessions with a datagram channel, by its session id: looked up
+/// for every datagram by every packet thread, so in shards.
 #[derive(Default)]
 pub struct Datagrams {
-    by_id: RwLock<HashMap<u64, Channel>>,
+    by_id: ShardedMap<u64, Channel>,
 }
 
 impl Datagrams {
     /// Whether `id` names a channel already.
     pub fn contains(&self, id: u64) -> bool {
-        self.by_id
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&id)
+        self.by_id.get(&id).is_some()
     }
 
     /// Registers `session`'s channel.
     pub fn insert(&self, path: Arc<DatagramPath>, session: &Arc<Session>) {
         self.by_id
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
             .insert(path.session, (path, Arc::downgrade(session)));
     }
 
     /// Forgets the channel `id`.
     pub fn remove(&self, id: u64) {
-        self.by_id
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        self.by_id.remove(&id);
     }
 
     fn get(&self, id: u64) -> Option<(Arc<DatagramPath>, Arc<Session>)> {
-        let map = self.by_id.read().unwrap_or_else(|p| p.into_inner());
-        let (path, s) = map.get(&id)?;
-        Some((path.clone(), s.upgrade()?))
+        let (path, s) = self.by_id.get(&id)?;
+        Some((path, s.upgrade()?))
     }
 }
 
