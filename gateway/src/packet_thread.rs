@@ -1,11 +1,11 @@
-//! The packet threads: as many as `data_threads` says (0: one per core),
-//! each a poll loop over a queue of its own of the multi-queue tun device
-//! (the kernel hands a flow's replies to the queue that wrote the flow)
-//! and, with transport_protocol = "udp", a UDP socket of its own on the
-//! listen address (SO_REUSEPORT: the kernel spreads clients over the
-//! sockets by their address hash, so one client's datagrams always reach
-//! the same thread), as ocserv's workers and wireguard-go's per-core
-//! routines do. The endpoint core (sessions, policy, counters) is
+//! The packet threads (transport_protocol = "udp"): as many as
+//! `data_threads` says (0: one per core), each a poll loop over a queue
+//! of its own of the multi-queue tun device (the kernel hands a flow's
+//! replies to the queue that wrote the flow) and a UDP socket of its own
+//! on the listen address (SO_REUSEPORT: the kernel spreads clients over
+//! the sockets by their address hash, so one client's datagrams always
+//! reach the same thread), as ocserv's workers and wireguard-go's
+//! per-core routines do. The endpoint core (sessions, policy, counters) is
 //! shared; nothing on the per-packet path is a lock all threads take.
 //!
 //! Datagrams from clients are taken in batches (recvmmsg), opened and
@@ -40,7 +40,8 @@ const BURST: usize = 64;
 /// How long the thread sleeps at most before looking at `stop`.
 const STOP_CHECK: Duration = Duration::from_millis(200);
 
-/// What one packet thread reads: its tun queue (index `index` of the
+/// What one packet thread (with transport_protocol = "tcp": one runtime
+/// task, inside::queue_reader) reads: its tun queue (index `index` of the
 /// device's queues) and its socket.
 pub struct Lane {
     /// The thread's number, from 0.
@@ -61,7 +62,7 @@ pub struct Lane {
 pub fn run(
     ep: Arc<Endpoint>,
     tun: Arc<Tun>,
-    udp: Option<Arc<Udp>>,
+    udp: Arc<Udp>,
     lane: Lane,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
@@ -77,8 +78,8 @@ pub fn run(
     let mut reply = reply_buffer();
     while !stop.load(Ordering::Relaxed) {
         let ready = wait(queue, lane.socket.as_ref())?;
-        if let (true, Some(udp), Some(socket)) = (ready.datagram, &udp, &lane.socket)
-            && datagrams(&ep, udp, (socket, queue), &mut batch, &mut reply, counters)
+        if let (true, Some(socket)) = (ready.datagram, &lane.socket)
+            && datagrams(&ep, &udp, (socket, queue), &mut batch, &mut reply, counters)
         {
             drain_tun(&ep, queue, &mut tun_buf, 1, counters)?;
         }

@@ -283,11 +283,19 @@ pub async fn serve(config: Config, source: Option<PathBuf>) -> Result<()> {
     info!(
         data_threads = lanes.len(),
         udp = udp.is_some(),
-        "packet threads, each with a tun queue (and a UDP socket)"
+        "a tun queue per lane"
     );
     for lane in lanes {
-        let (ep, tun, udp, stop) = (ep.clone(), tun.clone(), udp.clone(), stop_packets.clone());
-        tasks.spawn_blocking(move || packet_thread::run(ep, tun, udp, lane, stop));
+        let (ep, tun, stop) = (ep.clone(), tun.clone(), stop_packets.clone());
+        match &udp {
+            Some(udp) => {
+                let udp = udp.clone();
+                tasks.spawn_blocking(move || packet_thread::run(ep, tun, udp, lane, stop));
+            }
+            None => {
+                tasks.spawn(inside::queue_reader(ep, tun, lane.index));
+            }
+        }
     }
     tasks.spawn(crl_watcher(ep.clone()));
     tasks.spawn(lease_saver(ep.clone()));

@@ -3,7 +3,8 @@
 //! `connections --json`, every flow arrives in order, uploads coalesced
 //! on their way to the tun device arrive byte-exact, and every counter is
 //! exact: each session's against its client's tun device, the threads'
-//! datagrams against the gateway's UDP stack.
+//! datagrams against the gateway's UDP stack. Over the TLS stream alone,
+//! sessions spread over the threads' tun queues.
 
 use std::collections::BTreeMap;
 
@@ -198,4 +199,44 @@ fn several_data_threads_keep_flows_in_order_and_count_exactly() {
         "datagrams received by the threads"
     );
     assert!(threads1 - threads0 >= 4 * 300, "{}", threads1 - threads0);
+}
+
+/// With transport_protocol = "tcp" the packet threads read the tun
+/// device alone: each stream session's writes go to the queue its
+/// address picks, so three sessions with neighbouring addresses have
+/// their downloads read by three threads, byte-exact.
+#[test]
+fn stream_sessions_spread_over_the_tun_queues() {
+    let tb = Testbed::new("dthreads-tcp", 3);
+    let config = tb.write_config(&format!("data_threads = {THREADS}"), ALL_USERS);
+    let _gw = tb.start_gateway(&config);
+    let _clients: Vec<Proc> = (0..3)
+        .map(|i| tb.connect(i, &tb.client_profile(NAMES[i], &[], i)))
+        .collect();
+    let before: Vec<u64> = tun_reads(&tb);
+    std::thread::scope(|s| {
+        for (i, c) in tb.clients.iter().enumerate() {
+            let tb = &tb;
+            s.spawn(move || {
+                let (client, _) = tb.transfer(c, 5200 + i as u16, 60 + i as u32, false);
+                assert!(client.contains("ok "), "client {i}: {client}");
+            });
+        }
+    });
+    let after = tun_reads(&tb);
+    let v = tb.connections();
+    for (t, (a, b)) in after.iter().zip(&before).enumerate() {
+        // 20 MB each: at least 300 frames of 64 KB per thread.
+        assert!(a - b > 100, "thread {t} read {} packets: {v}", a - b);
+    }
+}
+
+/// Packets each packet thread read from its tun queue so far.
+fn tun_reads(tb: &Testbed) -> Vec<u64> {
+    tb.connections()["data-threads"]
+        .as_array()
+        .expect("data-threads")
+        .iter()
+        .map(|t| t["tun-reads"].as_u64().expect("tun-reads"))
+        .collect()
 }

@@ -239,6 +239,54 @@ impl AsFd for PolledTun {
     }
 }
 
+/// A queue registered with the tokio runtime, for a task that reads it.
+pub struct RuntimeQueue<'a> {
+    tun: &'a PolledTun,
+    ready: tokio::io::unix::AsyncFd<BorrowedFd<'a>>,
+}
+
+impl PolledTun {
+    /// Registers the queue with the current tokio runtime (which must
+    /// have I/O enabled).
+    pub fn register(&self) -> std::io::Result<RuntimeQueue<'_>> {
+        Ok(RuntimeQueue {
+            tun: self,
+            ready: register(self.as_fd())?,
+        })
+    }
+}
+
+impl RuntimeQueue<'_> {
+    /// Waits until a packet is queued, then hands every queued packet
+    /// (read into `buf`) to `each`; returns how many there were.
+    pub async fn drain(&self, buf: &mut [u8], mut each: impl FnMut(&[u8])) -> std::io::Result<u64> {
+        let mut guard = self.ready.readable().await?;
+        let mut n = 0;
+        loop {
+            match self.tun.read(buf) {
+                Ok(len) => {
+                    each(&buf[..len]);
+                    n += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    guard.clear_ready();
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn register(fd: BorrowedFd<'_>) -> std::io::Result<tokio::io::unix::AsyncFd<BorrowedFd<'_>>> {
+    // SAFETY: the registration lives in the AsyncFd, which holds the
+    // borrowed descriptor: the borrow keeps the descriptor open for as
+    // long as it is registered, and dropping the AsyncFd deregisters it.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
+}
+
 #[allow(unsafe_code)]
 fn borrow<'a>(fd: std::os::fd::RawFd) -> BorrowedFd<'a> {
     // SAFETY: only called with the descriptor of a device this crate's
