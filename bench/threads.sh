@@ -45,6 +45,18 @@ thread_datagrams() {
     jq -r '[."data-threads"[].datagrams] | map(tostring) | join(" ")'
 }
 
+# Datagrams, batches and coalesced packets of all threads so far.
+thread_totals() {
+  "$BIN/cvpn-gw" connections --json --control "$WORK/cvpn-gw.sock" |
+    jq -r '[."data-threads"[] | [.datagrams, .batches, .coalesced]] | transpose | map(add) | map(tostring) | join(" ")'
+}
+per_batch() { # per_batch BEFORE AFTER (thread_totals lines)
+  awk -v b="$1" -v a="$2" 'BEGIN { split(b, x, " "); split(a, y, " "); d = y[2] - x[2]; if (d > 0) printf "%.1f", (y[1] - x[1]) / d; else print "nan" }'
+}
+merged() { # merged BEFORE AFTER: % of the datagrams coalesced into another's write
+  awk -v b="$1" -v a="$2" 'BEGIN { split(b, x, " "); split(a, y, " "); d = y[1] - x[1]; if (d > 0) printf "%.0f", (y[3] - x[3]) * 100 / d; else print "nan" }'
+}
+
 # Whether a ping burst from both clients reached more than one thread
 # (each got at least a fifth of the datagrams).
 spread() {
@@ -84,11 +96,11 @@ measure_threads() { # measure_threads THREADS
     openvpn_client "$NS_C2" "$WORK/bench2.ovpn" $port "$WORK/openvpn2.log"
     wait_ping 30 "$NS_C2" || { stop_all; return 1; }
   done
-  before=$(thread_datagrams)
+  before=$(thread_totals)
   cpu=$(cpu_percent_during "$gw" iperf_both_clients)
-  after=$(thread_datagrams)
+  after=$(thread_totals)
   gbps=$(cat "$WORK/multi.gbps")
-  echo "$gbps ${cpu%%%*} [$before] -> [$after] ($cpu)"
+  echo "$gbps ${cpu%%%*} $(per_batch "$before" "$after") datagrams/batch, $(merged "$before" "$after")% coalesced; per thread $(thread_datagrams) ($cpu)"
   stop_all
 }
 
