@@ -28,7 +28,11 @@ fn sum(acc: u32, data: &[u8]) -> u32 {
 fn segment(p: &[u8], seq: &mut [u32; 4], id: &mut [u16; 4]) -> Vec<u8> {
     let flow = usize::from(p[0] & 3);
     let len = usize::from(u16::from_be_bytes([p[1], p[2]]) % 1500);
-    let flags = if p[3] & 0x80 != 0 { p[4] } else { 0x10 | (p[4] & 0x08) };
+    let flags = if p[3] & 0x80 != 0 {
+        p[4]
+    } else {
+        0x10 | (p[4] & 0x08)
+    };
     let options = usize::from(p[5] & 3) * 4;
     let mut pkt = vec![0u8; HDR + 20 + 20 + options + len];
     let ip = &mut pkt[HDR..];
