@@ -1,7 +1,7 @@
 //! What the tests check from a client's side: whether a ping is answered
 //! or refused the way the policy says, and the connection log's records.
 
-use crate::netns::sh;
+use crate::netns::{sh, sh_ok};
 use crate::testbed::{ENI, Testbed};
 
 /// Pings once; returns (answered, output).
@@ -74,4 +74,19 @@ pub fn json_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{path:?}: {l:?}: {e}")))
         .collect()
+}
+
+/// (InDatagrams, OutDatagrams) of namespace `ns`'s UDP stack.
+pub fn udp_counters(ns: &str) -> (u64, u64) {
+    let snmp = sh_ok(ns, "cat /proc/net/snmp");
+    let rows: Vec<Vec<&str>> = snmp
+        .lines()
+        .filter(|l| l.starts_with("Udp:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let value = |name: &str| {
+        let i = rows[0].iter().position(|h| *h == name).expect(name);
+        rows[1][i].parse::<u64>().expect("counter")
+    };
+    (value("InDatagrams"), value("OutDatagrams"))
 }

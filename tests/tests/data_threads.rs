@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use cvpn_e2e::checks::udp_counters;
 use cvpn_e2e::netns::{Proc, in_ns, sh_ok};
 use cvpn_e2e::openvpn::openvpn;
 use cvpn_e2e::testbed::{TARGET, Testbed};
@@ -61,18 +62,6 @@ fn threads_sum(tb: &Testbed, key: &str) -> u64 {
         .iter()
         .map(|t| t[key].as_u64().expect(key))
         .sum()
-}
-
-/// InDatagrams of the gateway namespace's UDP stack.
-fn udp_in(ns: &str) -> u64 {
-    let snmp = sh_ok(ns, "cat /proc/net/snmp");
-    let rows: Vec<Vec<&str>> = snmp
-        .lines()
-        .filter(|l| l.starts_with("Udp:"))
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    let i = rows[0].iter().position(|h| *h == "InDatagrams").unwrap();
-    rows[1][i].parse().unwrap()
 }
 
 fn delta(after: [u64; 4], before: [u64; 4]) -> [u64; 4] {
@@ -175,7 +164,7 @@ fn several_data_threads_keep_flows_in_order_and_count_exactly() {
     let devices0: Vec<[u64; 4]> = (0..NAMES.len())
         .map(|i| device_counters(&tb.clients[i], device(i)))
         .collect();
-    let (udp0, threads0) = (udp_in(&tb.gateway), threads_sum(&tb, "datagrams"));
+    let (udp0, threads0) = (udp_counters(&tb.gateway).0, threads_sum(&tb, "datagrams"));
     std::thread::scope(|s| {
         for c in &tb.clients {
             s.spawn(move || sh_ok(c, &format!("ping -q -c 300 -i 0.005 -s 1200 -W 3 {TARGET}")));
@@ -183,7 +172,7 @@ fn several_data_threads_keep_flows_in_order_and_count_exactly() {
     });
     std::thread::sleep(std::time::Duration::from_millis(500));
     let sessions1 = session_counters(&tb);
-    let (udp1, threads1) = (udp_in(&tb.gateway), threads_sum(&tb, "datagrams"));
+    let (udp1, threads1) = (udp_counters(&tb.gateway).0, threads_sum(&tb, "datagrams"));
     for (i, name) in NAMES.iter().enumerate() {
         let dev = delta(device_counters(&tb.clients[i], device(i)), devices0[i]);
         let ses = delta(sessions1[*name], sessions0[*name]);

@@ -3,6 +3,7 @@
 //! transfers still arrive byte-exact, garbage datagrams change nothing, and
 //! when UDP is blocked the session carries on over its TLS stream.
 
+use cvpn_e2e::checks::udp_counters;
 use cvpn_e2e::netns::sh_ok;
 use cvpn_e2e::testbed::{TARGET, Testbed};
 
@@ -10,21 +11,6 @@ const ALL_USERS: &str = r#"
 [[authorization_rules]]
 destination = "0.0.0.0/0"
 "#;
-
-/// (InDatagrams, OutDatagrams) of namespace `ns`'s UDP stack.
-fn udp_counters(ns: &str) -> (u64, u64) {
-    let snmp = sh_ok(ns, "cat /proc/net/snmp");
-    let rows: Vec<Vec<&str>> = snmp
-        .lines()
-        .filter(|l| l.starts_with("Udp:"))
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    let value = |name: &str| {
-        let i = rows[0].iter().position(|h| *h == name).expect(name);
-        rows[1][i].parse::<u64>().expect("counter")
-    };
-    (value("InDatagrams"), value("OutDatagrams"))
-}
 
 #[test]
 fn small_packets_take_udp_and_the_stream_takes_over_when_udp_is_blocked() {

@@ -219,16 +219,6 @@ impl Coalescer {
         self.start(payload, Some(&seg));
     }
 
-    /// Frames waiting to be written.
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
-
-    /// Whether nothing waits.
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
     /// Hands every frame to `write`, in order, and empties the batch;
     /// returns how many packets went out inside another's frame.
     pub fn flush(&mut self, mut write: impl FnMut(&[u8])) -> u64 {
